@@ -1,0 +1,19 @@
+"""Data sets on disk: discovery of the layouts, checking, splits."""
+
+from medseg.data.check import CaseStats, CheckReport, analyse_case, check_dataset
+from medseg.data.dataset import (
+    Case,
+    Dataset,
+    Problem,
+    discover_dataset,
+    load_case_image,
+    load_case_label,
+    parse_labels,
+)
+from medseg.data.split import load_splits, make_splits, write_splits
+
+__all__ = [
+    "Case", "CaseStats", "CheckReport", "Dataset", "Problem", "analyse_case", "check_dataset",
+    "discover_dataset", "load_case_image", "load_case_label", "load_splits", "make_splits", "parse_labels",
+    "write_splits",
+]

@@ -1,0 +1,96 @@
+"""Reading and writing images of every common medical format, geometry included.
+
+``read_image(path)`` picks the reader from the path: a folder or ``.zip`` is a DICOM series; ``.dcm`` is a
+DICOM file (a SEG becomes a label map); ``.nii``/``.nii.gz`` NIfTI; ``.nrrd``/``.mha``/``.mhd`` ITK;
+``.png``/``.jpg``/``.tif``/``.bmp`` 2D rasters. ``write_image`` writes atomically. See :mod:`medseg.io.image`
+for the geometry convention (channels-first arrays, LPS physical geometry).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.errors import ImageReadError
+from medseg.io.image import Image
+from medseg.io.itk import ITK_SUFFIXES, read_itk, write_itk
+from medseg.io.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
+from medseg.io.raster import RASTER_SUFFIXES, read_raster, write_raster
+
+__all__ = ["Image", "ImageReadError", "read_image", "write_image", "image_suffix", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + RASTER_SUFFIXES + (".dcm", ".zip")
+
+
+def image_suffix(path: str | Path) -> str:
+    """The format suffix of a path, lower case, with ``.nii.gz`` kept whole."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def read_image(path: str | Path, series_uid: str | None = None) -> Image:
+    """Read any supported image; ``series_uid`` picks one series from a DICOM folder holding several."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError("does not exist", path, "check the path")
+    suffix = image_suffix(path)
+    if path.is_dir() or suffix == ".zip":
+        from medseg.io.dicom import read_dicom_series
+
+        return read_dicom_series(path, series_uid=series_uid)
+    if path.stat().st_size == 0:
+        raise ImageReadError("is empty (0 bytes)", path, "re-export or re-copy the file")
+    if suffix in NIFTI_SUFFIXES:
+        return read_nifti(path)
+    if suffix in ITK_SUFFIXES:
+        return read_itk(path)
+    if suffix in RASTER_SUFFIXES:
+        return read_raster(path)
+    if suffix == ".dcm" or _looks_like_dicom(path):
+        return _read_dicom_file(path, series_uid)
+    raise ImageReadError(
+        f"unknown image format '{suffix or '(no extension)'}'",
+        path,
+        f"use one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder",
+    )
+
+
+def write_image(image: Image, path: str | Path) -> Path:
+    """Write atomically, the format chosen by the extension; returns the path written."""
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        write_nifti(image, path)
+    elif suffix in ITK_SUFFIXES:
+        write_itk(image, path)
+    elif suffix in RASTER_SUFFIXES:
+        write_raster(image, path)
+    else:
+        raise ImageReadError(
+            f"cannot write format '{suffix or '(no extension)'}'",
+            path,
+            f"use one of {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES + RASTER_SUFFIXES)}",
+        )
+    return path
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
+def _read_dicom_file(path: Path, series_uid: str | None) -> Image:
+    """A single DICOM file: a SEG becomes a label map; an image file reads its whole series from its folder."""
+    import pydicom
+
+    from medseg.io.dicom import read_dicom_seg, read_dicom_series
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for corrupt files
+        raise ImageReadError(f"not a readable DICOM file ({exc})", path, "check the file is complete") from None
+    if getattr(header, "Modality", "") == "SEG":
+        return read_dicom_seg(path)
+    return read_dicom_series(path.parent, series_uid=series_uid or getattr(header, "SeriesInstanceUID", None))

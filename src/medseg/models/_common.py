@@ -1,0 +1,104 @@
+"""Shared pieces of the segmentation networks: argument checks, norm/activation specs, weight init."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import DynUNet
+from torch import nn
+
+from medseg.errors import MedsegError
+
+# LeakyReLU(0.01) as in nnU-Net; in place saves one activation-sized buffer per block.
+ACT = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
+
+# Affine instance norm is nnU-Net's default; batch norm is there for large-batch 2D work.
+NORMS: dict[str, tuple[str, dict]] = {
+    "instance": ("INSTANCE", {"affine": True}),
+    "batch": ("BATCH", {}),
+}
+NORM_NAMES: tuple[str, ...] = tuple(NORMS)
+
+Strides = list[tuple[int, ...]]
+
+
+def norm_spec(norm: str) -> tuple[str, dict]:
+    """MONAI ``norm_name`` for one of :data:`NORM_NAMES`."""
+    if norm not in NORMS:
+        raise MedsegError(
+            f"unknown normalisation {norm!r}", fix=f"use one of: {', '.join(NORM_NAMES)}"
+        )
+    name, args = NORMS[norm]
+    return name, dict(args)
+
+
+def check_features(features: Sequence[int]) -> tuple[int, ...]:
+    """Channel widths per stage as a tuple; at least three stages, all positive."""
+    try:
+        widths = tuple(int(f) for f in features)
+    except (TypeError, ValueError):
+        raise MedsegError(
+            f"features must be a sequence of channel counts, got {features!r}", fix="e.g. (32, 64, 128, 256)"
+        ) from None
+    if len(widths) < 3 or any(f < 1 for f in widths):
+        raise MedsegError(
+            f"features must give at least 3 positive channel counts (one per resolution stage), got {widths}",
+            fix="e.g. (32, 64, 128, 256)",
+        )
+    return widths
+
+
+def normalise_strides(spatial_dims: int, depth: int, strides: Sequence[Sequence[int] | int] | None) -> Strides:
+    """Per-axis downsampling strides of stages 1..depth-1 (``depth - 1`` tuples of ``spatial_dims`` ints).
+
+    ``strides`` may hold ``depth - 1`` entries (one per downsampling) or ``depth`` entries whose first is all
+    ones (the nnU-Net / DynUNet convention); an int entry means the same stride on every axis.
+    """
+    if strides is None:
+        return [(2,) * spatial_dims] * (depth - 1)
+    out: Strides = []
+    for s in strides:
+        if isinstance(s, numbers.Integral):
+            t = (int(s),) * spatial_dims
+        else:
+            t = tuple(int(v) for v in s)
+        if len(t) != spatial_dims or any(v < 1 for v in t):
+            raise MedsegError(
+                f"each stride must be a positive int or {spatial_dims} positive ints, got {s!r}",
+                fix="e.g. (1, 2, 2) to keep the first axis",
+            )
+        out.append(t)
+    if len(out) == depth and all(v == 1 for v in out[0]):
+        out = out[1:]
+    if len(out) != depth - 1:
+        raise MedsegError(
+            f"got {len(strides)} strides for {depth} stages",
+            fix=f"give {depth - 1} strides (one per downsampling stage)",
+        )
+    return out
+
+
+def size_divisor(strides: Strides, spatial_dims: int) -> tuple[int, ...]:
+    """What each spatial axis of the input must be divisible by: the product of the strides."""
+    return tuple(math.prod(s[a] for s in strides) for a in range(spatial_dims))
+
+
+def check_input(x: torch.Tensor, in_channels: int, divisor: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless ``x`` is (B, in_channels, *spatial) with spatial divisible by ``divisor``."""
+    if x.ndim != len(divisor) + 2 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"expected input (B, {in_channels}, {len(divisor)} spatial axes), got shape {tuple(x.shape)}"
+        )
+    if any(n % d for n, d in zip(x.shape[2:], divisor)):
+        raise ValueError(
+            f"spatial size {tuple(x.shape[2:])} is not divisible by {divisor} (the product of the strides); "
+            "pad the input first"
+        )
+
+
+def init_weights(module: nn.Module) -> None:
+    """He (Kaiming) init for LeakyReLU(0.01) convolutions, zero biases: the same as DynUNet / nnU-Net."""
+    module.apply(DynUNet.initialize_weights)

@@ -1,0 +1,221 @@
+"""Data set discovery, `medseg check` (every problem, with its file) and splits, on real and made-up data."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import shared
+
+from medseg.data import check_dataset, discover_dataset, make_splits, parse_labels
+from medseg.errors import DatasetError
+from medseg.io import Image, write_image
+
+
+def make_decathlon(root: Path, cases: int = 4, channels: int = 1, shape=(6, 7, 8)) -> Path:
+    """A tiny Decathlon/nnU-Net v2 style data set with channel files <case>_0000..."""
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(cases):
+        case = f"case_{i:03d}"
+        for c in range(channels):
+            image = Image.from_array(rng.normal(size=(1, *shape)).astype(np.float32), spacing=(1.0, 1.0, 2.0))
+            write_image(image, root / "imagesTr" / f"{case}_{c:04d}.nii.gz")
+        label = np.zeros((1, *shape), np.uint8)
+        label[0, 2:4, 2:5, 3:6] = 1
+        label[0, 4, 4, 4] = 2
+        write_image(Image.from_array(label, spacing=(1.0, 1.0, 2.0)), root / "labelsTr" / f"{case}.nii.gz")
+    meta = {"labels": {"background": 0, "tumour": 1, "edema": 2},
+            "channel_names": {str(c): f"mod{c}" for c in range(channels)}, "numTraining": cases,
+            "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def make_2d(root: Path, cases: int = 3, rgb: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(cases):
+        image = rng.integers(0, 255, (3 if rgb else 1, 16, 12), dtype=np.uint8)
+        mask = np.zeros((1, 16, 12), np.uint8)
+        mask[0, 4:9, 3:7] = 1
+        write_image(Image.from_array(image), root / "images" / f"img{i}.png")
+        write_image(Image.from_array(mask), root / "masks" / f"img{i}.png")
+    return root
+
+
+def lines(report) -> str:
+    return "\n".join(p.line() for p in report.problems)
+
+
+def test_multichannel_decathlon_is_discovered_and_clean(tmp_path):
+    root = make_decathlon(tmp_path / "ds", cases=3, channels=2)
+    dataset = discover_dataset(root)
+    assert dataset.layout == "decathlon" and dataset.case_ids == ["case_000", "case_001", "case_002"]
+    assert len(dataset.cases[0].image_files) == 2
+    assert dataset.labels == {0: "background", 1: "tumour", 2: "edema"}
+    assert dataset.channel_names == {0: "mod0", 1: "mod1"}
+    report = check_dataset(dataset, workers=1)
+    assert report.ok, lines(report)
+    summary = report.summary()
+    assert summary["channels"] == 2 and summary["dim"] == 3
+    assert summary["spacing_min"] == [2.0, 1.0, 1.0]  # array order (z, y, x)
+    assert summary["labels"]["1"]["cases_containing"] == 3
+    assert summary["labels"]["1"]["mean_size_ml"] == pytest.approx(2 * 3 * 3 * 2.0 / 1000)
+
+
+def test_check_reports_every_problem_with_file_and_fix(tmp_path):
+    root = make_decathlon(tmp_path / "ds", cases=9, channels=2)
+    rng = np.random.default_rng(3)
+    images, labels = root / "imagesTr", root / "labelsTr"
+    (labels / "case_000.nii.gz").unlink()  # missing mask
+    write_image(Image.from_array(np.zeros((1, 6, 7, 8), np.uint8)), labels / "stray.nii.gz")  # mask, no image
+    write_image(Image.from_array(np.zeros((1, 6, 7, 9), np.uint8)), labels / "case_001.nii.gz")  # wrong size
+    bad_value = np.zeros((1, 6, 7, 8), np.uint8)
+    bad_value[0, 1, 1, 1] = 7
+    write_image(Image.from_array(bad_value, spacing=(1, 1, 2)), labels / "case_002.nii.gz")  # value 7
+    nan = rng.normal(size=(1, 6, 7, 8)).astype(np.float32)
+    nan[0, 0, 0, 0] = np.nan
+    write_image(Image.from_array(nan, spacing=(1, 1, 2)), images / "case_003_0000.nii.gz")  # NaN
+    write_image(Image.from_array(np.full((1, 6, 7, 8), 5, np.float32), spacing=(1, 1, 2)),
+                images / "case_004_0001.nii.gz")  # constant channel
+    raw = (images / "case_005_0000.nii.gz").read_bytes()
+    (images / "case_005_0000.nii.gz").write_bytes(raw[:60])  # truncated
+    write_image(Image.from_array(rng.normal(size=(1, 6, 7, 8)).astype(np.float32), spacing=(1, 1, 3)),
+                images / "case_006_0001.nii.gz")  # channel on another grid
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps(meta | {"numTraining": 10}))
+    report = check_dataset(discover_dataset(root), workers=1)
+    text = lines(report)
+    assert not report.ok
+    assert "case_000_0000.nii.gz: has no mask in labelsTr/" in text
+    assert "stray.nii.gz: is a mask without an image" in text
+    assert "case_001.nii.gz: mask size 6x7x9 differs from image size 6x7x8" in text
+    assert "case_002.nii.gz: mask has value(s) [7] outside the declared labels [0, 1, 2]" in text
+    assert "case_003_0000.nii.gz: image has 1 NaN/Inf voxels" in text or "channel 0 has 1 NaN/Inf" in text
+    assert "case_004_0001.nii.gz: channel 1 is constant" in text
+    assert "case_005_0000.nii.gz: cannot read NIfTI" in text
+    assert "case_006_0001.nii.gz: channel grid differs" in text
+    assert "says numTraining 10 but imagesTr/ holds 9 cases" in text
+    assert all(p.fix for p in report.problems)
+
+
+def test_2d_layout_rgb_duplicates_and_extra_files(tmp_path):
+    root = make_2d(tmp_path / "ds", cases=3, rgb=True)
+    write_image(Image.from_array(np.zeros((3, 16, 12), np.uint8) + 9), root / "images" / "img0.jpg")  # duplicate
+    (root / "images" / "fake.png").write_text("not a png")
+    (root / "images" / "readme.txt").write_text("notes")
+    dataset = discover_dataset(root)
+    report = check_dataset(dataset, workers=1)
+    text = lines(report)
+    assert "duplicate case id 'img0'" in text
+    assert "readme.txt: is not an image file" in text
+    assert "fake.png: not a readable PNG image" in text
+    assert "fake.png: has no mask in masks/" in text
+    summary = report.summary()
+    assert summary["channels"] == 3 and summary["dim"] == 2
+
+
+def test_labels_override_and_parse():
+    assert parse_labels("0:background, 1:right lung,2:heart") == {0: "background", 1: "right lung", 2: "heart"}
+    assert parse_labels('{"0": "bg", "1": "vessel"}') == {0: "bg", 1: "vessel"}
+    with pytest.raises(DatasetError, match="cannot parse label"):
+        parse_labels("zero=bg")
+
+
+def test_declared_labels_from_option_flag_unknown_values(tmp_path):
+    root = make_2d(tmp_path / "ds")
+    report = check_dataset(discover_dataset(root, labels={0: "bg", 2: "x"}), workers=1)
+    assert "mask has value(s) [1] outside the declared labels [0, 2]" in lines(report)
+
+
+def test_empty_and_missing_folders(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        discover_dataset(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="is empty"):
+        discover_dataset(tmp_path / "empty")
+
+
+def test_splits_are_deterministic_disjoint_and_respect_test(tmp_path):
+    root = make_2d(tmp_path / "ds", cases=12)
+    (root / "split.json").write_text(json.dumps({"train": [f"img{i}" for i in range(10)], "test": ["img10", "img11"]}))
+    dataset = discover_dataset(root)
+    a = make_splits(dataset, folds=5, seed=0)
+    assert a == make_splits(dataset, folds=5, seed=0)
+    assert a != make_splits(dataset, folds=5, seed=1)
+    assert a["test"] == ["img10", "img11"]
+    vals = [cid for s in a["splits"] for cid in s["val"]]
+    assert sorted(vals) == sorted(f"img{i}" for i in range(10))  # every training case validated exactly once
+    for s in a["splits"]:
+        assert not set(s["train"]) & set(s["val"])
+        assert not (set(s["train"]) | set(s["val"])) & {"img10", "img11"}
+
+
+def test_stratified_split_balances_prefixes(tmp_path):
+    root = tmp_path / "ds"
+    make_2d(root, cases=0)
+    for name in [f"JPCLN{i:03d}" for i in range(10)] + [f"JPCNN{i:03d}" for i in range(5)]:
+        write_image(Image.from_array(np.full((1, 4, 4), 3, np.uint8) + np.eye(4, dtype=np.uint8)),
+                    root / "images" / f"{name}.png")
+        write_image(Image.from_array(np.eye(4, dtype=np.uint8)[None]), root / "masks" / f"{name}.png")
+    splits = make_splits(discover_dataset(root), folds=5, seed=0, stratify=True)
+    for s in splits["splits"]:
+        assert sum(c.startswith("JPCNN") for c in s["val"]) == 1
+        assert sum(c.startswith("JPCLN") for c in s["val"]) == 2
+
+
+# ---- real data -------------------------------------------------------------------------------------------
+
+
+def test_real_hippocampus_checks_clean_and_fast(hippocampus):
+    start = time.perf_counter()
+    report = check_dataset(discover_dataset(hippocampus))
+    seconds = time.perf_counter() - start
+    assert report.ok, lines(report)
+    summary = report.summary()
+    assert summary["cases"] == 260 and summary["readable_cases"] == 260
+    assert set(summary["labels"]) == {"0", "1", "2"}
+    assert summary["labels"]["1"]["name"] == "Anterior" and summary["labels"]["2"]["cases_containing"] == 260
+    assert summary["split"] == {"train": 208, "test": 52}
+    assert seconds < 60  # the target (30 s) is measured by benchmarks/check_speed.py; this only catches a hang
+
+
+def test_real_hippocampus_copy_with_damaged_labels_names_both(hippocampus, tmp_path):
+    root = tmp_path / "hippo"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    (root / "dataset.json").symlink_to(hippocampus / "dataset.json")
+    for sub in ("imagesTr", "labelsTr"):
+        for f in (hippocampus / sub).iterdir():
+            (root / sub / f.name).symlink_to(f)
+    truncated = root / "labelsTr" / "hippocampus_001.nii.gz"
+    raw = truncated.read_bytes()
+    truncated.unlink()
+    truncated.write_bytes(raw[: len(raw) // 3])
+    resized = root / "labelsTr" / "hippocampus_003.nii.gz"
+    nii = nib.load(str(hippocampus / "labelsTr" / resized.name))
+    resized.unlink()
+    nib.save(nib.Nifti1Image(np.asanyarray(nii.dataobj)[:-2], nii.affine), str(resized))
+    report = check_dataset(discover_dataset(root))
+    named = {Path(p.path).name for p in report.problems}
+    assert named == {"hippocampus_001.nii.gz", "hippocampus_003.nii.gz"}, lines(report)
+
+
+@pytest.mark.parametrize(("name", "cases", "channels", "split"), [
+    ("jsrt_scr", 247, 1, {"train": 124, "test": 123}),
+    ("drive", 40, 3, {"train": 20, "test": 20}),
+    ("isbi2012_em_membrane", 30, 1, None),
+])
+def test_real_2d_sets_check_clean(name, cases, channels, split):
+    report = check_dataset(discover_dataset(shared(name)))
+    assert report.ok, lines(report)
+    summary = report.summary()
+    assert summary["cases"] == cases and summary["channels"] == channels and summary["dim"] == 2
+    assert summary["split"] == split
