@@ -9,11 +9,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import shared
 
 from medseg.data import check_dataset, discover_dataset, make_splits, parse_labels
 from medseg.errors import DatasetError
 from medseg.io import Image, write_image
+
+from conftest import shared
 
 
 def make_decathlon(root: Path, cases: int = 4, channels: int = 1, shape=(6, 7, 8)) -> Path:

@@ -8,10 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import shared
 
 from medseg.errors import ImageReadError
 from medseg.io import Image, read_image, write_image
+
+from conftest import shared
 
 
 def oblique_image(channels: int = 1) -> Image:

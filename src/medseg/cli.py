@@ -122,6 +122,97 @@ def convert(
               f"{tuple(round(s, 4) for s in image.spacing)}")
 
 
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``1.5h`` or plain seconds -> seconds."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise MedsegError(f"cannot read duration {text!r}", "--budget", "write e.g. 90s, 15m or 1.5h") from None
+
+
+def _dim(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.lower() not in ("2d", "3d"):
+        raise MedsegError(f"unknown dimension {value!r}", "--dim", "use 2d or 3d")
+    return int(value[0])
+
+
+@app.command()
+def plan(
+    data: Annotated[Path, typer.Argument(help="Data set folder.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Plan file to write.")] = Path("plan.json"),
+    dim: Annotated[str | None, typer.Option(help="2d or 3d (default: the data's).")] = None,
+    model: Annotated[str, typer.Option(help="unet, resunet, fcn or resnet_unet.")] = "unet",
+) -> None:
+    """Fingerprint a data set and write the plan sized for this machine.
+
+    Example: medseg plan data/Task04_Hippocampus -o plan.json
+    """
+    from medseg.data import check_dataset, discover_dataset
+    from medseg.plan import fingerprint_from_report, make_plan
+
+    report = check_dataset(discover_dataset(data))
+    if not report.ok:
+        raise MedsegError(f"fails `medseg check` with {len(report.problems)} problem(s)", data,
+                          "run `medseg check` and fix them")
+    the_plan = make_plan(fingerprint_from_report(report), dim=_dim(dim), model=model)
+    the_plan.save(output)
+    out.print(f"wrote {output}: {the_plan.dim}D {the_plan.model}, patch {the_plan.patch_size}, batch "
+              f"{the_plan.batch_size}, widths {the_plan.features}, spacing {the_plan.target_spacing}, "
+              f"precision {the_plan.precision}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Data set folder.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder (the bundle goes to RUN/bundle).")],
+    dim: Annotated[str | None, typer.Option(help="2d or 3d (default: the data's).")] = None,
+    fold: Annotated[str, typer.Option(help="Fold K, 'all' folds, or 'none' (all cases, no validation).")] = "0",
+    folds: Annotated[int, typer.Option(help="Number of cross-validation folds.")] = 5,
+    budget: Annotated[str | None, typer.Option(help="Wall-clock budget per fold, e.g. 15m.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (passes over the training cases).")] = None,
+    model: Annotated[str, typer.Option(help="unet, resunet, fcn or resnet_unet.")] = "unet",
+    loss: Annotated[str, typer.Option(help="dice_ce, ce, dice, focal or tversky.")] = "dice_ce",
+    optimizer: Annotated[str, typer.Option(help="sgd (poly LR) or adamw (cosine LR).")] = "sgd",
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="Use this plan instead of planning.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after N validations without improvement.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    deterministic: Annotated[bool, typer.Option(help="Deterministic algorithms (slower).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    cache: Annotated[Path | None, typer.Option(help="Preprocessed-data cache folder.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes for checking and preprocessing (0: automatic).")] = 0,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Train a model: check, plan, preprocess (cached), train, write RUN/bundle.
+
+    Example: medseg train data/Task04_Hippocampus -o runs/hippo --budget 15m
+    """
+    from medseg.train import TrainConfig, TrainRequest
+    from medseg.train import train as run_training
+
+    if budget is None and epochs is None:
+        raise MedsegError("say how long to train", "medseg train", "add --budget 15m or --epochs N")
+    request = TrainRequest(data=data, run_dir=output, dim=_dim(dim), fold=fold, folds=folds, model=model, loss=loss,
+                           optimizer=optimizer, plan_path=plan_file, cache_root=cache, workers=workers or None,
+                           progress_bar=not no_progress)
+    config = TrainConfig(epochs=epochs, budget_s=parse_duration(budget) if budget else None, seed=seed,
+                         patience=patience, deterministic=deterministic, resume=resume)
+    bundle = run_training(request, config)
+    from medseg.train.loop import is_main_process
+
+    if is_main_process():
+        metrics = json.loads((bundle / "metrics.json").read_text())
+        for name, m in metrics.get("folds", {}).items():
+            dice = ", ".join(f"{k}: {v:.4f}" for k, v in m.get("val_dice", {}).items())
+            out.print(f"fold {name}: {m.get('steps')} steps in {m.get('elapsed_s')} s; validation Dice {dice or 'n/a'}")
+        out.print(f"bundle written to {bundle}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1 (tracebacks with --debug)."""
     try:
@@ -136,11 +227,14 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+    except Exception as exc:
+        # Usage errors (typer's own, or click's in older typer) carry an exit code and a message.
+        if hasattr(exc, "exit_code") and hasattr(exc, "format_message"):
+            show = getattr(exc, "show", None)
+            if callable(show):
+                show()
+            else:
+                console.print(f"error: {exc.format_message()}", style="red", markup=False, highlight=False)
             sys.exit(exc.exit_code)
         raise
 

@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import pydicom
@@ -33,6 +34,9 @@ from pydicom.errors import InvalidDicomError
 
 from medseg.errors import ImageReadError
 from medseg.io.image import Image
+
+if TYPE_CHECKING:
+    from highdicom.seg import Segmentation
 
 __all__ = [
     "DicomSeriesInfo",
@@ -66,11 +70,12 @@ class _Member:
         """Where the file lies, for messages and ``meta["source_files"]``."""
         return f"{self.root}/{self.name}" if self.in_zip else str(self.root / self.name)
 
-    def read_bytes(self) -> bytes:
+    def open(self) -> BinaryIO:
+        """A binary file object: the file itself, or the member read into memory (never extracted)."""
         if self.in_zip:
             with zipfile.ZipFile(self.root) as archive:
-                return archive.read(self.name)
-        return (self.root / self.name).read_bytes()
+                return io.BytesIO(archive.read(self.name))
+        return open(self.root / self.name, "rb")  # the caller closes it
 
 
 def _members(path: Path) -> list[_Member]:
@@ -120,8 +125,8 @@ def _read_dataset(member: _Member, headers_only: bool) -> Dataset | None:
     if PurePosixPath(member.name).name.upper() == "DICOMDIR":
         return None
     try:
-        data = member.read_bytes()
-        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=headers_only)
+        with member.open() as handle:
+            dataset = pydicom.dcmread(handle, stop_before_pixels=headers_only)
     except InvalidDicomError:
         return None
     except Exception as exc:  # pydicom raises many exception types for corrupt or truncated files
@@ -181,15 +186,36 @@ def _scan(path: Path) -> list[tuple[DicomSeriesInfo, list[_Member]]]:
     groups: dict[str, list[tuple[_Member, Dataset]]] = {}
     for member in _members(path):
         header = _read_dataset(member, headers_only=True)
-        if header is None or not _has_pixels(header):
+        if header is None or not _is_image(header, member):
             continue
         groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((member, header))
     found = [(_series_info(uid, items), [m for m, _ in items]) for uid, items in groups.items()]
     return sorted(found, key=lambda pair: _series_sort_key(pair[0]))
 
 
-def _has_pixels(header: Dataset) -> bool:
-    return "Rows" in header and "Columns" in header
+def _is_image(header: Dataset, member: _Member) -> bool:
+    """True for images and SEGs, False for objects without pixels (SR, RTSTRUCT, ...).
+
+    pydicom reads a file cut inside its header without complaint; an image SOP class without Rows/Columns
+    is such a truncated file.
+    """
+    if "Rows" in header and "Columns" in header:
+        return True
+    sop_class = _sop_class(header)
+    if "Image Storage" in sop_class.name or sop_class.name == "Segmentation Storage":
+        raise ImageReadError(
+            f"incomplete DICOM header ({sop_class.name} without Rows/Columns)",
+            member.location,
+            "the file is truncated or corrupt; re-export or re-copy it, or remove it from the folder",
+        )
+    return False
+
+
+def _sop_class(ds: Dataset) -> pydicom.uid.UID:
+    uid = str(ds.get("SOPClassUID", ""))
+    if not uid and hasattr(ds, "file_meta"):
+        uid = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    return pydicom.uid.UID(uid)
 
 
 def _series_info(uid: str, items: list[tuple[_Member, Dataset]]) -> DicomSeriesInfo:
@@ -235,10 +261,10 @@ def read_dicom_series(path: str | Path, series_uid: str | None = None) -> Image:
     """
     path = Path(path)
     info, members = _select_series(path, series_uid)
+    _check_single_frame(info, path)
     datasets = [_read_dataset(member, headers_only=False) for member in members]
     slices = [(m, ds) for m, ds in zip(members, datasets, strict=True) if ds is not None]
     name = f"series {info.summary()}"
-    _check_single_frame(slices, name)
     _check_consistent(slices, name)
     slices = _sort_slices(slices)
     spacing, origin, direction = _series_geometry([ds for _, ds in slices], name, path)
@@ -285,15 +311,15 @@ def _find_series(
     raise ImageReadError(f"has no series {series_uid} (series found: {available})", path, _SERIES_FIX)
 
 
-def _check_single_frame(slices: list[tuple[_Member, Dataset]], name: str) -> None:
-    for member, ds in slices:
-        if _frame_count(ds) > 1:
-            raise ImageReadError(
-                f"{name}: multi-frame DICOM ({_frame_count(ds)} frames in one file, e.g. enhanced CT/MR) "
-                "is not supported yet",
-                member.location,
-                "convert it to single-frame DICOM or NIfTI (e.g. with dcm2niix) first",
-            )
+def _check_single_frame(info: DicomSeriesInfo, path: Path) -> None:
+    """Multi-frame images (enhanced CT/MR, one file per volume) are refused before any pixels are read."""
+    if info.num_slices != info.num_files:
+        raise ImageReadError(
+            f"series {info.summary()}: multi-frame DICOM ({info.num_slices} frames in {info.num_files} "
+            "file(s), e.g. enhanced CT/MR) is not supported yet",
+            path,
+            "convert it to single-frame DICOM or NIfTI (e.g. with dcm2niix) first",
+        )
 
 
 def _check_consistent(slices: list[tuple[_Member, Dataset]], name: str) -> None:
@@ -424,7 +450,9 @@ def _stack_pixels(slices: list[tuple[_Member, Dataset]]) -> np.ndarray:
 
 def _decode(member: _Member, ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
-        raise ImageReadError("has no pixel data", member.location, "remove it from the series folder")
+        raise ImageReadError(
+            "has no pixel data (truncated?)", member.location, "re-copy the file or remove it from the series"
+        )
     try:
         return np.asarray(ds.pixel_array)
     except Exception as exc:  # decoders raise many types (missing plugin, truncated data, ...)
@@ -472,8 +500,8 @@ def read_dicom_seg(seg_path: str | Path, source: Image | str | Path | None = Non
     ``source`` is the series the SEG was drawn on: an Image from :func:`read_dicom_series` or the path of its
     folder/archive (the referenced series is picked when that holds several). Frames are matched to source
     slices by SOP Instance UID (falling back to plane positions), and the result has the source's geometry.
-    Without ``source`` the SEG's own plane positions define the grid. Overlaps: the highest segment number wins
-    (see :func:`read_dicom_seg_segments` to keep them). The dtype is uint8 below 256 segments, else
+    Without ``source`` the SEG's own plane positions define the grid. Overlaps: the highest segment number
+    wins (see :func:`read_dicom_seg_segments` to keep them). The dtype is uint8 below 256 segments, else
     uint16. ``meta["segment_labels"]`` maps segment number to segment label.
     """
     seg, grid, read_mask = _open_seg_on_grid(Path(seg_path), source)
@@ -501,7 +529,9 @@ def read_dicom_seg_segments(seg_path: str | Path, source: Image | str | Path | N
     return Image(stack, grid.spacing, grid.origin, grid.direction, meta)
 
 
-def _open_seg_on_grid(seg_path: Path, source: Image | str | Path | None) -> tuple[object, Image, _MaskReader]:
+def _open_seg_on_grid(
+    seg_path: Path, source: Image | str | Path | None
+) -> tuple[Segmentation, Image, _MaskReader]:
     """The SEG, the output grid (an Image whose array is unused) and a per-segment mask reader on it."""
     seg = _load_seg(seg_path)
     if source is None:
@@ -512,7 +542,7 @@ def _open_seg_on_grid(seg_path: Path, source: Image | str | Path | None) -> tupl
     return seg, grid, read_mask
 
 
-def _load_seg(path: Path):
+def _load_seg(path: Path) -> Segmentation:
     """Parse a DICOM SEG with highdicom."""
     import highdicom as hd
 
@@ -540,7 +570,7 @@ def _load_seg(path: Path):
         ) from None
 
 
-def _seg_meta(seg, grid: Image, numbers: list[int]) -> dict:
+def _seg_meta(seg: Segmentation, grid: Image, numbers: list[int]) -> dict:
     labels = {n: str(seg.get_segment_description(n).segment_label) for n in numbers}
     referenced = sorted({series for _, series, _ in seg.get_source_image_uids()})
     return {
@@ -554,7 +584,7 @@ def _seg_meta(seg, grid: Image, numbers: list[int]) -> dict:
     }
 
 
-def _read_referenced_series(seg, source: Path) -> Image:
+def _read_referenced_series(seg: Segmentation, source: Path) -> Image:
     """Read the series of ``source`` that the SEG references (or its only image series)."""
     referenced = {series for _, series, _ in seg.get_source_image_uids()}
     for info in list_dicom_series(source):
@@ -568,7 +598,7 @@ def _fractional_to_bool(pixels: np.ndarray) -> np.ndarray:
     return pixels >= 0.5 if np.issubdtype(pixels.dtype, np.floating) else pixels > 0
 
 
-def _masks_by_uid(seg, grid: Image, seg_path: Path) -> _MaskReader | None:
+def _masks_by_uid(seg: Segmentation, grid: Image, seg_path: Path) -> _MaskReader | None:
     """Map SEG frames to the grid's slices by SOP Instance UID; None when the SEG references none of them."""
     uids = list(grid.meta.get("sop_instance_uids") or [])
     referenced = {sop for _, _, sop in seg.get_source_image_uids()}
@@ -594,7 +624,7 @@ def _masks_by_uid(seg, grid: Image, seg_path: Path) -> _MaskReader | None:
     return read_mask
 
 
-def _seg_own_grid(seg, seg_path: Path) -> tuple[Image, _MaskReader]:
+def _seg_own_grid(seg: Segmentation, seg_path: Path) -> tuple[Image, _MaskReader]:
     """The SEG's own regular grid from its plane positions, slices ascending along the normal."""
     try:
         template = seg.get_volume(segment_numbers=[seg.segment_numbers[0]])
@@ -614,7 +644,8 @@ def _seg_own_grid(seg, seg_path: Path) -> tuple[Image, _MaskReader]:
 
 
 def _volume_geometry(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[Image, bool]:
-    """An empty Image with the LPS geometry of a highdicom (slice, row, column) affine; True if z was flipped.
+    """A voxel-less Image with the LPS geometry of a highdicom (slice, row, column) affine, and whether z was
+    flipped.
 
     The slice axis is flipped when needed so that z runs along row cosine x column cosine, as in
     :func:`read_dicom_series`.
@@ -632,7 +663,7 @@ def _volume_geometry(affine: np.ndarray, shape: tuple[int, int, int]) -> tuple[I
     return Image(placeholder, tuple(spacing), tuple(origin), tuple(direction.ravel())), flip
 
 
-def _masks_by_position(seg, grid: Image, seg_path: Path) -> _MaskReader:
+def _masks_by_position(seg: Segmentation, grid: Image, seg_path: Path) -> _MaskReader:
     """Paste the SEG's own grid into ``grid`` when both share spacing and direction and the voxels line up."""
     own, read_own = _seg_own_grid(seg, seg_path)
     offset = _grid_offset(own, grid)
@@ -654,8 +685,9 @@ def _masks_by_position(seg, grid: Image, seg_path: Path) -> _MaskReader:
 
 def _grid_offset(inner: Image, outer: Image, tol: float = 1e-2) -> tuple[int, int, int] | None:
     """The (z, y, x) index of ``inner``'s first voxel in ``outer``, when ``inner`` is an aligned sub-grid."""
+    compared = slice(0, 2) if inner.shape[0] == 1 else slice(0, 3)  # one slice: its z spacing is arbitrary
     if not (
-        np.allclose(inner.spacing, outer.spacing, rtol=1e-3)
+        np.allclose(inner.spacing[compared], outer.spacing[compared], rtol=1e-3)
         and np.allclose(inner.direction, outer.direction, atol=1e-3)
     ):
         return None

@@ -1,9 +1,9 @@
 """Segmentation networks by name: :func:`build_model`, :data:`MODEL_NAMES`, :func:`count_parameters`.
 
-Every model takes ``(B, in_channels, *spatial)`` with each spatial axis divisible by the product of the strides
-(``model.size_divisor``) and in ``eval()`` mode returns logits ``(B, num_classes, *spatial)``. Built with
-``deep_supervision=True``, in ``train()`` mode it returns a list of logits ``[full, 1/2, 1/4, ...]`` at their
-own resolutions, ``len(features) - 1`` of them (every decoder level; the bottleneck gets no head).
+Every model takes ``(B, in_channels, *spatial)`` with each spatial axis divisible by the product of the
+strides (``model.size_divisor``) and in ``eval()`` mode returns logits ``(B, num_classes, *spatial)``.
+Built with ``deep_supervision=True``, in ``train()`` mode it returns a list of logits ``[full, 1/2, ...]``
+at their own resolutions, ``len(features) - 1`` of them (every decoder level; the bottleneck gets no head).
 
 =============  ==============================================================================================
 ``unet``       nnU-Net's plain U-Net (MONAI DynUNet): 2x conv-norm-LeakyReLU per stage, strided-conv
@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from medseg.errors import MedsegError
-from medseg.models._common import NORM_NAMES, check_features, normalise_strides, norm_spec
+from medseg.models._common import NORM_NAMES, check_features, norm_spec, normalise_strides
 from medseg.models.fcn import FCN
 from medseg.models.resnet_unet import ResNetUNet
 from medseg.models.unet import NativeDSDynUNet
@@ -70,9 +70,9 @@ def build_model(
         deep_supervision: in ``train()`` mode return ``[full, 1/2, ...]`` logits (see module docstring).
         norm: ``"instance"`` (affine, nnU-Net default) or ``"batch"``.
         strides: per-stage downsampling, ``len(features) - 1`` entries (or ``len(features)`` with an all-ones
-            first entry); each an int or one int per axis, e.g. ``[(1, 2, 2), (2, 2, 2)]``. Default: 2 everywhere.
+            first entry); each an int or one int per axis, e.g. ``[(1, 2, 2), (2, 2, 2)]``. Default: all 2.
 
-    The returned module has ``size_divisor``: the per-axis factor the input's spatial size must be divisible by.
+    The returned module has ``size_divisor``: per axis, what the input's spatial size must be divisible by.
     Raises :class:`~medseg.errors.MedsegError` for an unknown name/norm or inconsistent sizes.
     """
     if name not in _BUILDERS:
@@ -80,9 +80,7 @@ def build_model(
     if spatial_dims not in (2, 3):
         raise MedsegError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     if int(in_channels) < 1 or int(num_classes) < 1:
-        raise MedsegError(
-            f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}"
-        )
+        raise MedsegError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}")
     widths = check_features(features)
     norm_spec(norm)  # validates the name
     return _BUILDERS[name](
@@ -97,5 +95,5 @@ def build_model(
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (scalars) in ``model``; only those with ``requires_grad`` if ``trainable_only``."""
+    """Number of parameter scalars in ``model``; only those with ``requires_grad`` if ``trainable_only``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -28,9 +28,7 @@ Strides = list[tuple[int, ...]]
 def norm_spec(norm: str) -> tuple[str, dict]:
     """MONAI ``norm_name`` for one of :data:`NORM_NAMES`."""
     if norm not in NORMS:
-        raise MedsegError(
-            f"unknown normalisation {norm!r}", fix=f"use one of: {', '.join(NORM_NAMES)}"
-        )
+        raise MedsegError(f"unknown normalisation {norm!r}", fix=f"use one of: {', '.join(NORM_NAMES)}")
     name, args = NORMS[norm]
     return name, dict(args)
 
@@ -51,7 +49,9 @@ def check_features(features: Sequence[int]) -> tuple[int, ...]:
     return widths
 
 
-def normalise_strides(spatial_dims: int, depth: int, strides: Sequence[Sequence[int] | int] | None) -> Strides:
+def normalise_strides(
+    spatial_dims: int, depth: int, strides: Sequence[Sequence[int] | int] | None
+) -> Strides:
     """Per-axis downsampling strides of stages 1..depth-1 (``depth - 1`` tuples of ``spatial_dims`` ints).
 
     ``strides`` may hold ``depth - 1`` entries (one per downsampling) or ``depth`` entries whose first is all
@@ -61,10 +61,7 @@ def normalise_strides(spatial_dims: int, depth: int, strides: Sequence[Sequence[
         return [(2,) * spatial_dims] * (depth - 1)
     out: Strides = []
     for s in strides:
-        if isinstance(s, numbers.Integral):
-            t = (int(s),) * spatial_dims
-        else:
-            t = tuple(int(v) for v in s)
+        t = (int(s),) * spatial_dims if isinstance(s, numbers.Integral) else tuple(int(v) for v in s)
         if len(t) != spatial_dims or any(v < 1 for v in t):
             raise MedsegError(
                 f"each stride must be a positive int or {spatial_dims} positive ints, got {s!r}",
@@ -87,7 +84,7 @@ def size_divisor(strides: Strides, spatial_dims: int) -> tuple[int, ...]:
 
 
 def check_input(x: torch.Tensor, in_channels: int, divisor: tuple[int, ...]) -> None:
-    """Raise ``ValueError`` unless ``x`` is (B, in_channels, *spatial) with spatial divisible by ``divisor``."""
+    """Raise ``ValueError`` unless ``x`` is (B, in_channels, *spatial), spatial divisible by ``divisor``."""
     if x.ndim != len(divisor) + 2 or x.shape[1] != in_channels:
         raise ValueError(
             f"expected input (B, {in_channels}, {len(divisor)} spatial axes), got shape {tuple(x.shape)}"

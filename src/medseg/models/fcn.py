@@ -24,7 +24,7 @@ class FCN(nn.Module):
     (linear interpolation) and added to the next finer stage's scores, up to full resolution.
 
     Deep supervision is supported: the fused scores at each level *are* native-resolution predictions, so in
-    ``train()`` mode with ``deep_supervision=True`` it returns ``[full, 1/2, ..., ]`` (``len(features) - 1``
+    ``train()`` mode with ``deep_supervision=True`` it returns ``[full, 1/2, ...]`` (``len(features) - 1``
     tensors, like the U-Nets).
     """
 

@@ -51,7 +51,9 @@ class ResNetUNet(nn.Module):
         all_strides = [(1,) * spatial_dims, *strides]
 
         self.stem = nn.Sequential(
-            get_conv_layer(spatial_dims, in_channels, features[0], 3, 1, act=None, norm=None, conv_only=False),
+            get_conv_layer(
+                spatial_dims, in_channels, features[0], 3, 1, act=None, norm=None, conv_only=False
+            ),
             get_norm_layer(norm_name, spatial_dims, features[0]),
             get_act_layer(ACT),
         )
@@ -68,7 +70,9 @@ class ResNetUNet(nn.Module):
             for i in range(depth - 1)
         )
         n_heads = depth - 1 if deep_supervision else 1
-        self.heads = nn.ModuleList(UnetOutBlock(spatial_dims, features[i], num_classes) for i in range(n_heads))
+        self.heads = nn.ModuleList(
+            UnetOutBlock(spatial_dims, features[i], num_classes) for i in range(n_heads)
+        )
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

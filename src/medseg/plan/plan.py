@@ -1,0 +1,125 @@
+"""The plan: one typed, JSON-serialisable object that drives preprocessing, training and inference.
+
+It travels inside every model bundle (``plan.json``), so a bundle can be used without the data set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg import __version__
+from medseg.errors import MedsegError
+from medseg.io.atomic import write_text_atomic
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class ChannelNorm:
+    """How one channel is normalised.
+
+    ``ct``: clip to the data set's foreground [0.5, 99.5] percentiles, then z-score with the data set's
+    foreground mean and std (nnU-Net's CT scheme). ``zscore``: per-case mean and std (MRI and others).
+    ``rgb``: per-case, per-channel z-score of 8-bit colour data. ``none``: left as read.
+    """
+
+    scheme: str
+    mean: float = 0.0
+    std: float = 1.0
+    clip_low: float | None = None
+    clip_high: float | None = None
+
+
+@dataclass
+class Plan:
+    dataset_name: str
+    dim: int  # network dimension: 2 or 3
+    data_dim: int  # dimension of the images on disk
+    channels: int
+    channel_names: dict[int, str]
+    labels: dict[int, str]
+    target_spacing: list[float]  # array order, mm
+    normalization: list[ChannelNorm]
+    patch_size: list[int]  # array order
+    batch_size: int
+    model: str = "unet"
+    features: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[list[int]] = field(default_factory=list)
+    deep_supervision: bool = True
+    loss: str = "dice_ce"
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01
+    weight_decay: float = 3e-5
+    crop_to_nonzero: bool = True
+    foreground_oversample: float = 0.33
+    augment: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # "bf16" autocast where the hardware runs it fast
+    sliding_window_overlap: float = 0.5
+    median_shape: list[float] = field(default_factory=list)  # after resampling, array order
+    device_kind: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+    version: int = PLAN_VERSION
+    medseg_version: str = __version__
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return [v for v in sorted(self.labels) if v != 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["channel_names"] = {str(k): v for k, v in self.channel_names.items()}
+        data["labels"] = {str(k): v for k, v in self.labels.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> Plan:
+        version = data.get("version")
+        if version != PLAN_VERSION:
+            raise MedsegError(
+                f"plan version {version} is not supported by medseg {__version__} (expects {PLAN_VERSION})",
+                source, "re-plan the data set or use the medseg version that made it",
+            )
+        try:
+            data = dict(data)
+            data["channel_names"] = {int(k): v for k, v in data["channel_names"].items()}
+            data["labels"] = {int(k): v for k, v in data["labels"].items()}
+            data["normalization"] = [ChannelNorm(**n) for n in data["normalization"]]
+            return cls(**data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MedsegError(f"is not a valid medseg plan ({exc})", source,
+                              "re-create it with `medseg plan`") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path: str | Path) -> Path:
+        write_text_atomic(path, self.to_json() + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise MedsegError(f"cannot read plan ({exc})", path, "re-create it with `medseg plan`") from None
+        return cls.from_dict(data, path)
+
+    def preprocessing_key(self) -> str:
+        """Hash of the fields that change preprocessed data: caches keyed by it are reused across runs."""
+        fields = {
+            "dim": self.data_dim,
+            "spacing": self.target_spacing,
+            "norm": [asdict(n) for n in self.normalization],
+            "crop": self.crop_to_nonzero,
+            "labels": sorted(self.labels),
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,240 @@
+"""Resample, normalise and crop cases as the plan says; cache the result on disk for every later run.
+
+The same :func:`preprocess_image` serves training and inference, and :func:`restore_to_original` undoes
+cropping and resampling for predictions, so both sides can never drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg.data import Case, Dataset, load_case_image, load_case_label
+from medseg.io import Image
+from medseg.io.atomic import atomic_path, write_text_atomic
+from medseg.plan import ChannelNorm, Plan
+
+CLASS_LOCATIONS_PER_CLASS = 2000  # foreground voxels remembered per class for oversampling
+
+
+@dataclass
+class CaseProperties:
+    """What is needed to map a prediction back onto the original image grid."""
+
+    case_id: str
+    original_shape: list[int]
+    original_spacing: list[float]  # array order
+    crop_bbox: list[list[int]]  # [[start, stop], ...] in original array coordinates
+    resampled_shape: list[int]
+    class_locations: dict[str, list[list[int]]] = field(default_factory=dict)  # label -> voxel indices
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
+    """Bounding box of voxels non-zero in any channel (the whole image when all are zero)."""
+    mask = np.any(data != 0, axis=0)
+    if not mask.any():
+        return [[0, s] for s in mask.shape]
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        box.append([int(hits[0]), int(hits[-1]) + 1])
+    return box
+
+
+def normalize(data: np.ndarray, norms: list[ChannelNorm]) -> np.ndarray:
+    out = np.empty(data.shape, dtype=np.float32)
+    for c, norm in enumerate(norms):
+        channel = data[c].astype(np.float32, copy=False)
+        if norm.scheme == "ct":
+            channel = np.clip(channel, norm.clip_low, norm.clip_high)
+            out[c] = (channel - norm.mean) / max(norm.std, 1e-8)
+        elif norm.scheme in ("zscore", "rgb"):
+            mean, std = float(channel.mean(dtype=np.float64)), float(channel.std(dtype=np.float64))
+            out[c] = (channel - mean) / max(std, 1e-8)
+        else:
+            out[c] = channel
+    return out
+
+
+def _needs_resampling(shape: tuple[int, ...], new_shape: tuple[int, ...]) -> bool:
+    return tuple(shape) != tuple(new_shape)
+
+
+def resampled_shape(shape: list[int] | tuple[int, ...], spacing: list[float] | tuple[float, ...],
+                    target: list[float]) -> list[int]:
+    return [max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target)]
+
+
+def resample_data(data: np.ndarray, new_shape: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Linear (bi/trilinear) resampling of a channels-first float array."""
+    if not _needs_resampling(data.shape[1:], new_shape):
+        return data
+    mode = "trilinear" if data.ndim == 4 else "bilinear"
+    tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
+    return F.interpolate(tensor, size=tuple(new_shape), mode=mode, align_corners=False)[0].numpy()
+
+
+def resample_labels(labels: np.ndarray, new_shape: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Resample a label map by linear interpolation of each class's indicator (smoother than nearest),
+    one class at a time so memory stays at two float maps whatever the number of classes."""
+    if not _needs_resampling(labels.shape, new_shape):
+        return labels
+    mode = "trilinear" if labels.ndim == 3 else "bilinear"
+    best = torch.full(tuple(new_shape), -1.0)
+    out = torch.zeros(tuple(new_shape), dtype=torch.int16)
+    for value in np.unique(labels):
+        indicator = torch.from_numpy((labels == value).astype(np.float32))[None, None]
+        score = F.interpolate(indicator, size=tuple(new_shape), mode=mode, align_corners=False)[0, 0]
+        better = score > best
+        best = torch.where(better, score, best)
+        out[better] = int(value)
+    return out.numpy().astype(labels.dtype)
+
+
+def preprocess_image(
+    image: Image, plan: Plan, label: np.ndarray | None = None, case_id: str = ""
+) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
+    """Crop, resample and normalise one image (and its label map) as the plan says."""
+    data = image.array
+    bbox = nonzero_bbox(data) if plan.crop_to_nonzero else [[0, s] for s in image.shape]
+    slices = (slice(None),) + tuple(slice(a, b) for a, b in bbox)
+    data = data[slices]
+    new_shape = resampled_shape(data.shape[1:], image.spacing_zyx, plan.target_spacing)
+    data = normalize(data, plan.normalization)
+    data = resample_data(data, new_shape)
+    seg = None
+    if label is not None:
+        seg_dtype = np.int8 if plan.num_classes < 128 else np.int16
+        seg = resample_labels(label[slices[1:]].astype(np.int16), new_shape).astype(seg_dtype)
+    props = CaseProperties(case_id, list(image.shape), list(image.spacing_zyx), bbox, list(new_shape))
+    if seg is not None:
+        props.class_locations = _class_locations(seg, plan.foreground_labels)
+    return data.astype(np.float32, copy=False), seg, props
+
+
+def _class_locations(seg: np.ndarray, labels: list[int]) -> dict[str, list[list[int]]]:
+    rng = np.random.default_rng(0)
+    locations = {}
+    for value in labels:
+        coords = np.argwhere(seg == value)
+        if len(coords) > CLASS_LOCATIONS_PER_CLASS:
+            coords = coords[rng.choice(len(coords), CLASS_LOCATIONS_PER_CLASS, replace=False)]
+        locations[str(value)] = coords.tolist()
+    return locations
+
+
+def restore_to_original(probabilities: torch.Tensor, props: CaseProperties) -> torch.Tensor:
+    """Map class probabilities (K, *resampled) back to the original grid (K, *original), zero outside the crop.
+
+    Resampled one class at a time so the peak is one full-size float map per class at most.
+    """
+    crop_shape = [b - a for a, b in props.crop_bbox]
+    mode = "trilinear" if probabilities.ndim == 4 else "bilinear"
+    out = torch.zeros((probabilities.shape[0], *props.original_shape), dtype=probabilities.dtype)
+    out[0] = 1.0  # background outside the crop
+    region = (slice(None),) + tuple(slice(a, b) for a, b in props.crop_bbox)
+    if list(probabilities.shape[1:]) == crop_shape:
+        out[region] = probabilities
+        return out
+    for k in range(probabilities.shape[0]):
+        out[k][region[1:]] = F.interpolate(probabilities[k][None, None].float(), size=tuple(crop_shape), mode=mode,
+                                           align_corners=False)[0, 0].to(out.dtype)
+    return out
+
+
+# ---- the on-disk cache -----------------------------------------------------------------------------------
+
+
+def cache_dir_for(plan: Plan, cache_root: str | Path, source_root: str | Path) -> Path:
+    """The cache folder of one data set under one plan: keyed by the data set's path and the plan fields."""
+    import hashlib
+
+    key = hashlib.sha256(f"{Path(source_root).resolve()}|{plan.preprocessing_key()}".encode()).hexdigest()[:12]
+    return Path(cache_root) / f"{plan.dataset_name}_{key}"
+
+
+def source_signature(case: Case) -> list[list[int]]:
+    """Sizes and modification times of a case's files: a changed file is preprocessed again."""
+    files = [*case.image_files, *([case.label_file] if case.label_file else [])]
+    return [[f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _is_cached(folder: Path, case: Case) -> bool:
+    path = folder / f"{case.case_id}.json"
+    if not path.exists() or not (folder / f"{case.case_id}_seg.npy").exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("source") == source_signature(case)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _preprocess_to_cache(args: tuple[Case, Plan, Path]) -> str:
+    case, plan, folder = args
+    image = load_case_image(case)
+    label = load_case_label(case).array[0] if case.label_file is not None else None
+    data, seg, props = preprocess_image(image, plan, label, case.case_id)
+    with atomic_path(folder / f"{case.case_id}.npy") as tmp:
+        np.save(tmp, data)
+    if seg is not None:
+        with atomic_path(folder / f"{case.case_id}_seg.npy") as tmp:
+            np.save(tmp, seg)
+    write_text_atomic(folder / f"{case.case_id}.json", json.dumps(props.to_dict() | {"source": source_signature(case)}))
+    return case.case_id
+
+
+def prepare_cache(
+    dataset: Dataset, plan: Plan, cache_root: str | Path, workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None, source_root: str | Path | None = None,
+) -> Path:
+    """Preprocess every labelled case once into ``cache_root/<name>_<key>/``; unchanged cases are reused."""
+    folder = cache_dir_for(plan, cache_root, source_root or dataset.root)
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [c for c in dataset.cases if c.label_file is not None and not _is_cached(folder, c)]
+    workers = workers or min(4, os.cpu_count() or 1)
+    done = len(dataset.cases) - len(todo)
+    jobs = [(case, plan, folder) for case in todo]
+    if workers > 1 and len(jobs) > 4:
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_preprocess_to_cache, jobs, chunksize=4):
+                done += 1
+                if progress:
+                    progress(done, len(dataset.cases))
+    else:
+        for job in jobs:
+            _preprocess_to_cache(job)
+            done += 1
+            if progress:
+                progress(done, len(dataset.cases))
+    return folder
+
+
+@dataclass
+class CachedCase:
+    case_id: str
+    data: np.ndarray  # (C, *S) float32, memory-mapped
+    seg: np.ndarray  # (*S) int8/int16, memory-mapped
+    props: CaseProperties
+
+
+def load_cached(folder: str | Path, case_id: str) -> CachedCase:
+    folder = Path(folder)
+    fields = json.loads((folder / f"{case_id}.json").read_text())
+    fields.pop("source", None)
+    props = CaseProperties(**fields)
+    data = np.load(folder / f"{case_id}.npy", mmap_mode="r")
+    seg = np.load(folder / f"{case_id}_seg.npy", mmap_mode="r")
+    return CachedCase(case_id, data, seg, props)

@@ -1,0 +1,153 @@
+"""``medseg train`` as a function a notebook can call: check, plan, preprocess, train folds, write the bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from medseg.data import check_dataset, discover_dataset, load_splits, make_splits, write_splits
+from medseg.errors import DatasetError, MedsegError
+from medseg.io.atomic import write_text_atomic
+from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
+from medseg.preprocess import load_cached, prepare_cache
+from medseg.train.bundle import write_bundle_fold, write_model_card
+from medseg.train.hooks import CurveHook, LogHook, ProgressHook
+from medseg.train.loop import TrainConfig, Trainer, is_main_process
+
+
+@dataclass
+class TrainRequest:
+    data: Path
+    run_dir: Path
+    dim: int | None = None
+    fold: str = "0"  # "K" or "all" (every fold in turn) or "none" (all training cases, no validation)
+    folds: int = 5
+    model: str = "unet"
+    loss: str = "dice_ce"
+    optimizer: str = "sgd"
+    plan_path: Path | None = None
+    cache_root: Path | None = None
+    workers: int | None = None
+    progress_bar: bool = True
+
+
+def default_cache_root() -> Path:
+    return Path.home() / ".cache" / "medseg" / "preprocessed"
+
+
+def prepare_run(request: TrainRequest) -> tuple[Plan, dict[str, Any], Path, dict[str, Any]]:
+    """Check the data, plan and preprocess it (rank 0 only under DDP); returns plan, splits, cache and summary."""
+    run = request.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    dataset = discover_dataset(request.data)
+    report = check_dataset(dataset, workers=request.workers)
+    write_text_atomic(run / "check.json", json.dumps(report.to_dict(), indent=1))
+    if not report.ok:
+        listed = "; ".join(p.line() for p in report.problems[:10])
+        more = f" (and {len(report.problems) - 10} more)" if len(report.problems) > 10 else ""
+        raise DatasetError(f"fails `medseg check` with {len(report.problems)} problem(s): {listed}{more}",
+                           request.data, "fix them first; `medseg check` lists them all")
+    fingerprint = fingerprint_from_report(report)
+    write_text_atomic(run / "fingerprint.json", json.dumps(fingerprint.to_dict()))
+    if request.plan_path:
+        plan = Plan.load(request.plan_path)
+    else:
+        plan = make_plan(fingerprint, dim=request.dim, machine=Machine.detect(), model=request.model,
+                         loss=request.loss)
+        plan.optimizer = request.optimizer
+        if request.optimizer == "adamw":
+            plan.learning_rate = 1e-3
+    plan.save(run / "plan.json")
+    splits_path = run / "splits.json"
+    splits = make_splits(dataset, folds=request.folds, seed=0)
+    write_splits(splits, splits_path)
+    cache = prepare_cache(dataset, plan, request.cache_root or default_cache_root(), workers=request.workers,
+                          source_root=dataset.root)
+    return plan, splits, cache, report.summary()
+
+
+def _init_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=60))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        else:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
+
+
+def train(request: TrainRequest, config: TrainConfig) -> Path:
+    """Train the requested fold(s) and write ``run_dir/bundle``; returns the bundle folder."""
+    _init_distributed()
+    run = Path(request.run_dir)
+    if is_main_process():
+        prepared = prepare_run(request) if not config.resume else _reload_run(request)
+        payload = [str(prepared[2])]
+    else:
+        payload = [""]
+    if dist.is_initialized():
+        dist.broadcast_object_list(payload, src=0)
+        if not is_main_process():
+            prepared = _reload_run(request, Path(payload[0]))
+    plan, splits, cache, summary = prepared
+    folds = _fold_names(request.fold, splits)
+    bundle = run / "bundle"
+    for fold in folds:
+        train_ids, val_ids = _fold_cases(fold, splits)
+        train_cases = [load_cached(cache, cid) for cid in train_ids]
+        val_cases = [load_cached(cache, cid) for cid in val_ids]
+        folder = run / f"fold_{fold}"
+        hooks = [LogHook(folder), CurveHook(folder / "curve.png")]
+        if request.progress_bar:
+            hooks.insert(0, ProgressHook())
+        trainer = Trainer(plan, train_cases, val_cases, folder, config, fold_name=fold, hooks=hooks)
+        metrics = trainer.run()
+        if is_main_process():
+            write_bundle_fold(bundle, plan, fold, folder / "last.safetensors", metrics)
+    if is_main_process():
+        all_metrics = json.loads((bundle / "metrics.json").read_text())
+        write_model_card(bundle, plan, summary, all_metrics, " ".join(["medseg", *sys.argv[1:]]))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return bundle
+
+
+def _reload_run(request: TrainRequest, cache: Path | None = None) -> tuple[Plan, dict[str, Any], Path, dict]:
+    run = request.run_dir
+    if not (run / "plan.json").exists():
+        raise MedsegError("has no plan.json to resume", run, "start without --resume")
+    plan = Plan.load(run / "plan.json")
+    splits = load_splits(run / "splits.json")
+    summary = json.loads((run / "check.json").read_text())["summary"] if (run / "check.json").exists() else {}
+    if cache is None:
+        from medseg.preprocess import cache_dir_for
+
+        cache = cache_dir_for(plan, request.cache_root or default_cache_root(), Path(request.data))
+    return plan, splits, cache, summary
+
+
+def _fold_names(fold: str, splits: dict[str, Any]) -> list[str]:
+    if fold == "all":
+        return [str(k) for k in range(len(splits["splits"]))]
+    if fold == "none":
+        return ["none"]
+    if not fold.isdigit() or int(fold) >= len(splits["splits"]):
+        raise MedsegError(f"fold {fold!r} does not exist", fix=f"use 0..{len(splits['splits']) - 1}, all or none")
+    return [fold]
+
+
+def _fold_cases(fold: str, splits: dict[str, Any]) -> tuple[list[str], list[str]]:
+    if fold == "none":
+        first = splits["splits"][0]
+        return sorted(first["train"] + first["val"]), []
+    entry = splits["splits"][int(fold)]
+    return entry["train"], entry["val"]

@@ -1,0 +1,309 @@
+"""The training loop: a plain loop over steps, with validation, checkpoints and hooks around it.
+
+Time is the unit a user has, so the schedule runs on *progress* in [0, 1]: with ``--epochs`` progress is
+steps done over steps planned; with ``--budget`` it is wall-clock time used (validation and checkpoints
+included) over the budget, so the poly learning rate reaches zero exactly when the budget ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from medseg.augment import AugmentConfig, BatchAugmenter
+from medseg.errors import MedsegError
+from medseg.evaluate import dice_per_class
+from medseg.infer.sliding import autocast_context, predict_logits
+from medseg.losses import build_loss
+from medseg.models import build_model
+from medseg.plan import Plan
+from medseg.preprocess import CachedCase
+from medseg.train.checkpoint import load_state, load_weights, save_state, save_weights
+from medseg.train.hooks import Hook
+from medseg.train.sampler import PatchSampler
+
+POLY_EXPONENT = 0.9
+GRAD_CLIP = 12.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int | None = None
+    budget_s: float | None = None
+    seed: int = 0
+    patience: int | None = None  # validations without improvement before stopping early
+    validations: int = 10  # how many validations over the run (plus the final one)
+    max_val_cases: int = 24  # intermediate validations use at most this many cases; the final uses all
+    checkpoint_every_s: float = 120.0
+    deterministic: bool = False
+    resume: bool = False
+    threads: int | None = None
+    steps_per_epoch: int | None = None  # default: one pass over the training cases
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    elapsed_s: float = 0.0
+    best_dice: float = -1.0
+    best_step: int = 0
+    validations_done: int = 0
+    since_best: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_network(plan: Plan) -> nn.Module:
+    return build_model(plan.model, spatial_dims=plan.dim, in_channels=plan.channels, num_classes=plan.num_classes,
+                       features=plan.features, strides=plan.strides, deep_supervision=plan.deep_supervision)
+
+
+def augment_config(plan: Plan) -> AugmentConfig:
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in plan.augment.items()}
+    return AugmentConfig(**fields)
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+class Trainer:
+    """Trains one fold. ``run()`` returns the final validation metrics (or an empty dict without validation)."""
+
+    def __init__(self, plan: Plan, train_cases: list[CachedCase], val_cases: list[CachedCase], folder: Path,
+                 config: TrainConfig, fold_name: str = "0", hooks: list[Hook] | None = None) -> None:
+        self.plan, self.config, self.folder, self.fold_name = plan, config, Path(folder), fold_name
+        self.val_cases = val_cases
+        self.hooks = hooks if is_main_process() else []
+        self.folder.mkdir(parents=True, exist_ok=True)
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        torch.manual_seed(config.seed + rank)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+            else torch.device("cpu")
+        self.model = build_network(plan).to(self.device)
+        if self.device.type == "cpu" and plan.dim == 3:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.network: nn.Module = self.model
+        if dist.is_initialized():
+            self.network = nn.parallel.DistributedDataParallel(self.model)
+        self.optimizer = self._optimizer()
+        self.loss = build_loss(plan.loss, num_classes=plan.num_classes)
+        self.sampler = PatchSampler(train_cases, plan.patch_size, plan.batch_size, plan.foreground_oversample,
+                                    seed=config.seed * 1000 + rank)
+        self.augmenter = BatchAugmenter(augment_config(plan), plan.dim, seed=config.seed * 1000 + rank)
+        self.state = TrainState()
+        self.steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(len(train_cases) / plan.batch_size))
+        self.total_steps = (config.epochs or 0) * self.steps_per_epoch
+        if config.epochs is None and config.budget_s is None:
+            raise MedsegError("neither --epochs nor --budget given", fix="say how long to train, e.g. --budget 15m")
+        self._start_time = 0.0
+        self._elapsed_before = 0.0
+        self._reserve_s = 0.0
+
+    # ---- set-up -----------------------------------------------------------------------------------------
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = self.model.parameters()
+        if self.plan.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.plan.learning_rate, momentum=0.99, nesterov=True,
+                                   weight_decay=self.plan.weight_decay)
+        if self.plan.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=self.plan.learning_rate, weight_decay=self.plan.weight_decay)
+        raise MedsegError(f"unknown optimizer {self.plan.optimizer!r}", fix="use sgd or adamw")
+
+    def learning_rate(self, progress: float) -> float:
+        base = self.plan.learning_rate
+        progress = min(max(progress, 0.0), 1.0)
+        if self.plan.optimizer == "adamw":
+            return base * 0.5 * (1 + math.cos(math.pi * progress))
+        return base * (1 - progress) ** POLY_EXPONENT
+
+    # ---- time -------------------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._start_time
+
+    def progress(self) -> float:
+        if self.config.budget_s is not None:
+            usable = max(self.config.budget_s - self._reserve_s, 1e-6)
+            return self.elapsed() / usable
+        return self.state.step / max(self.total_steps, 1)
+
+    # ---- one step ---------------------------------------------------------------------------------------
+
+    def train_step(self) -> float:
+        self.network.train()
+        images, labels = self.sampler.next_batch()
+        with torch.no_grad():
+            images, labels = self.augmenter(images, labels)
+        images, labels = images.to(self.device), labels.to(self.device)
+        if self.device.type == "cpu" and self.plan.dim == 3:
+            images = images.contiguous(memory_format=torch.channels_last_3d)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.progress())
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, self.plan.precision):
+            output = self.network(images)
+        loss = self.loss(output, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+        self.optimizer.step()
+        self.state.step += 1
+        return float(loss.detach())
+
+    # ---- validation -------------------------------------------------------------------------------------
+
+    def validate(self, final: bool = False) -> dict[str, Any]:
+        cases = self.val_cases if final else self.val_cases[: self.config.max_val_cases]
+        start = time.perf_counter()
+        per_class: dict[int, list[float]] = {v: [] for v in self.plan.foreground_labels}
+        for case in cases:
+            logits = predict_logits(self.model, torch.from_numpy(np.asarray(case.data)), self.plan.patch_size,
+                                    overlap=self.plan.sliding_window_overlap, precision=self.plan.precision)
+            scores = dice_per_class(logits.argmax(0), torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
+                                    self.plan.foreground_labels)
+            for value, score in scores.items():
+                per_class[value].append(score)
+        means = {str(v): float(np.nanmean(s)) if np.isfinite(s).any() else float("nan")
+                 for v, s in per_class.items()}
+        record = {
+            "step": self.state.step, "elapsed_s": round(self.elapsed(), 2), "final": final, "cases": len(cases),
+            "val_dice": means, "val_dice_mean": float(np.nanmean(list(means.values()))),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        self._reserve_s = max(self._reserve_s, 1.3 * record["seconds"] * (len(self.val_cases) / max(len(cases), 1)))
+        return record
+
+    # ---- checkpoints ------------------------------------------------------------------------------------
+
+    def save_checkpoint(self, name: str = "last") -> None:
+        if not is_main_process():
+            return
+        save_weights(self.model, self.folder / f"{name}.safetensors")
+        save_state({
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "augmenter": self.augmenter.state_dict(),
+            "sampler": json.dumps(self.sampler.state_dict()),
+            "train_state": json.dumps(self.state.__dict__),
+            "elapsed_s": self.elapsed(),
+            "reserve_s": self._reserve_s,
+        }, self.folder / f"{name}_state.pt")
+
+    def load_checkpoint(self, name: str = "last") -> None:
+        weights, state_path = self.folder / f"{name}.safetensors", self.folder / f"{name}_state.pt"
+        if not weights.exists() or not state_path.exists():
+            raise MedsegError("has no checkpoint to resume from", self.folder, "start without --resume")
+        load_weights(self.model, weights)
+        state = load_state(state_path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            self.augmenter.load_state_dict(state["augmenter"])
+            self.sampler.load_state_dict(json.loads(state["sampler"]))
+            self.state = TrainState(**json.loads(state["train_state"]))
+            self._elapsed_before = float(state["elapsed_s"])
+            self._reserve_s = float(state["reserve_s"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise MedsegError(f"training state is incomplete or foreign ({exc})", state_path,
+                              "start without --resume") from None
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+
+    def _should_stop(self) -> bool:
+        stop = self.progress() >= 1.0 or self.state.stopped_early
+        if dist.is_initialized():  # every rank stops at the same step
+            flag = torch.tensor([1.0 if stop else 0.0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def _check_budget(self, step_seconds: float) -> None:
+        """Refuse a budget that cannot train one epoch and validate once, naming the minimum."""
+        if self.config.budget_s is None:
+            return
+        if not self._reserve_s:  # until a validation is timed: forward-only at about a third of a step per batch
+            self._reserve_s = 1.5 * step_seconds * len(self.val_cases) / (3 * max(self.plan.batch_size, 1)) + 2.0
+        validation = self._reserve_s
+        minimum = step_seconds * self.steps_per_epoch + validation
+        if self.config.budget_s < minimum:
+            raise MedsegError(
+                f"a budget of {self.config.budget_s:.0f} s cannot train one epoch here "
+                f"({self.steps_per_epoch} steps at {step_seconds:.2f} s, plus validation)",
+                fix=f"give at least --budget {math.ceil(minimum)}s",
+            )
+
+    def run(self) -> dict[str, Any]:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        if self.config.resume:
+            self.load_checkpoint()
+        self._start_time = time.perf_counter()
+        for hook in self.hooks:
+            hook.on_start(self)
+        validate_every = 1.0 / max(self.config.validations, 1)
+        next_validation = (self.state.validations_done + 1) * validate_every
+        last_checkpoint = time.perf_counter()
+        while not self._should_stop():
+            step_start = time.perf_counter()
+            loss = self.train_step()
+            if self.state.step == 2 and not self.config.resume:
+                self._check_budget(time.perf_counter() - step_start)
+            record = {"step": self.state.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                      "elapsed_s": round(self.elapsed(), 2), "progress": self.progress()}
+            for hook in self.hooks:
+                hook.on_step(self, record)
+            if self.val_cases and self.progress() >= next_validation and self.progress() < 1.0 and is_main_process():
+                self._intermediate_validation()
+                next_validation = (self.state.validations_done + 1) * validate_every
+            if time.perf_counter() - last_checkpoint > self.config.checkpoint_every_s:
+                self.save_checkpoint()
+                last_checkpoint = time.perf_counter()
+        return self._finish()
+
+    def _intermediate_validation(self) -> None:
+        record = self.validate()
+        self.state.validations_done += 1
+        self.state.history.append(record)
+        if record["val_dice_mean"] > self.state.best_dice:
+            self.state.best_dice, self.state.best_step, self.state.since_best = record["val_dice_mean"], \
+                self.state.step, 0
+            self.save_checkpoint("best")
+        else:
+            self.state.since_best += 1
+            if self.config.patience is not None and self.state.since_best >= self.config.patience:
+                self.state.stopped_early = True
+        for hook in self.hooks:
+            hook.on_validation(self, record)
+
+    def _finish(self) -> dict[str, Any]:
+        if dist.is_initialized():
+            dist.barrier()
+        metrics: dict[str, Any] = {}
+        if is_main_process():
+            if self.state.stopped_early and (self.folder / "best.safetensors").exists():
+                load_weights(self.model, self.folder / "best.safetensors")
+            self.save_checkpoint()
+            if self.val_cases:
+                final = self.validate(final=True)
+                self.state.history.append(final)
+                for hook in self.hooks:
+                    hook.on_validation(self, final)
+                metrics = final
+            for hook in self.hooks:
+                hook.on_end(self)
+        metrics = metrics | {"steps": self.state.step, "elapsed_s": round(self.elapsed(), 2),
+                             "stopped_early": self.state.stopped_early}
+        return metrics
