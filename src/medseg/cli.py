@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -203,9 +204,7 @@ def train(
     config = TrainConfig(epochs=epochs, budget_s=parse_duration(budget) if budget else None, seed=seed,
                          patience=patience, deterministic=deterministic, resume=resume)
     bundle = run_training(request, config)
-    from medseg.train.loop import is_main_process
-
-    if is_main_process():
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         metrics = json.loads((bundle / "metrics.json").read_text())
         for name, m in metrics.get("folds", {}).items():
             dice = ", ".join(f"{k}: {v:.4f}" for k, v in m.get("val_dice", {}).items())

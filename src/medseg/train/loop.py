@@ -84,7 +84,7 @@ class Trainer:
                  config: TrainConfig, fold_name: str = "0", hooks: list[Hook] | None = None) -> None:
         self.plan, self.config, self.folder, self.fold_name = plan, config, Path(folder), fold_name
         self.val_cases = val_cases
-        self.hooks = hooks if is_main_process() else []
+        self.hooks = (hooks or []) if is_main_process() else []
         self.folder.mkdir(parents=True, exist_ok=True)
         rank = dist.get_rank() if dist.is_initialized() else 0
         torch.manual_seed(config.seed + rank)
@@ -170,7 +170,7 @@ class Trainer:
         start = time.perf_counter()
         per_class: dict[int, list[float]] = {v: [] for v in self.plan.foreground_labels}
         for case in cases:
-            logits = predict_logits(self.model, torch.from_numpy(np.asarray(case.data)), self.plan.patch_size,
+            logits = predict_logits(self.model, torch.from_numpy(np.array(case.data)), self.plan.patch_size,
                                     overlap=self.plan.sliding_window_overlap, precision=self.plan.precision)
             scores = dice_per_class(logits.argmax(0), torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
                                     self.plan.foreground_labels)
@@ -256,10 +256,11 @@ class Trainer:
         validate_every = 1.0 / max(self.config.validations, 1)
         next_validation = (self.state.validations_done + 1) * validate_every
         last_checkpoint = time.perf_counter()
-        while not self._should_stop():
+        warmup = 0 if self.config.resume else 2  # steps timed to check the budget before it is trusted
+        while self.state.step < warmup or not self._should_stop():
             step_start = time.perf_counter()
             loss = self.train_step()
-            if self.state.step == 2 and not self.config.resume:
+            if self.state.step == warmup and warmup:
                 self._check_budget(time.perf_counter() - step_start)
             record = {"step": self.state.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                       "elapsed_s": round(self.elapsed(), 2), "progress": self.progress()}

@@ -1,0 +1,72 @@
+"""Fingerprint and plan: deterministic, serialisable, sized for the machine, sensible on real data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medseg.data import check_dataset, discover_dataset
+from medseg.errors import MedsegError
+from medseg.plan import Fingerprint, Machine, Plan, fingerprint_from_report, make_plan
+from synthetic import make_2d_dataset, make_3d_dataset
+
+CPU = Machine("cpu", cores=2, memory_bytes=24 << 30, bf16=True)
+
+
+def fingerprint(root, workers=1):
+    report = check_dataset(discover_dataset(root), workers=workers)
+    assert report.ok
+    return fingerprint_from_report(report)
+
+
+def test_plan_is_deterministic_and_round_trips(tmp_path):
+    fp = fingerprint(make_3d_dataset(tmp_path / "ds"))
+    plan_a = make_plan(fp, machine=CPU)
+    plan_b = make_plan(Fingerprint.from_dict(json.loads(json.dumps(fp.to_dict()))), machine=CPU)
+    assert plan_a.to_json() == plan_b.to_json()
+    path = plan_a.save(tmp_path / "plan.json")
+    back = Plan.load(path)
+    assert back == plan_a
+    assert back.labels == {0: "background", 1: "small", 2: "bright"} and back.num_classes == 3
+    assert back.target_spacing == [1.5, 1.0, 1.0]  # array order (z, y, x)
+    assert back.normalization[0].scheme == "zscore"
+    assert back.precision == "bf16"
+    for axis, size in enumerate(back.patch_size):  # patch divisible by the network's downsampling
+        divisor = 1
+        for stride in back.strides:
+            divisor *= stride[axis]
+        assert size % divisor == 0
+
+
+def test_plan_2d_rgb_and_memory_fallback(tmp_path):
+    fp = fingerprint(make_2d_dataset(tmp_path / "ds"))
+    plan = make_plan(fp, machine=CPU)
+    assert plan.dim == 2 and plan.patch_size == [32, 32]
+    tiny = Machine("cpu", cores=2, memory_bytes=600_000, bf16=False)
+    small = make_plan(fp, machine=tiny)  # too little memory for the default: a smaller plan, not a crash
+    assert small.batch_size <= plan.batch_size and small.precision == "fp32"
+    assert "reduced to fit memory" in " ".join(small.notes)
+
+
+def test_unknown_plan_version_is_refused(tmp_path):
+    fp = fingerprint(make_2d_dataset(tmp_path / "ds"))
+    data = make_plan(fp, machine=CPU).to_dict() | {"version": 99}
+    (tmp_path / "plan.json").write_text(json.dumps(data))
+    with pytest.raises(MedsegError, match="plan version 99"):
+        Plan.load(tmp_path / "plan.json")
+
+
+def test_ct_channels_get_ct_normalisation(tmp_path):
+    root = make_3d_dataset(tmp_path / "ds")
+    meta = json.loads((root / "dataset.json").read_text()) | {"channel_names": {"0": "CT"}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    norm = make_plan(fingerprint(root), machine=CPU).normalization[0]
+    assert norm.scheme == "ct" and norm.clip_low < norm.mean < norm.clip_high
+
+
+def test_real_hippocampus_plan_matches_the_median_case(hippocampus):
+    plan = make_plan(fingerprint(hippocampus, workers=None), machine=CPU)
+    assert plan.patch_size == [40, 56, 40]  # covers the median case (36x50x35), divisible by 8
+    assert plan.target_spacing == [1.0, 1.0, 1.0] and plan.features[0] == 16
+    assert plan.labels == {0: "background", 1: "Anterior", 2: "Posterior"}

@@ -1,0 +1,177 @@
+"""Training end to end on tiny generated data: bundles, resume, budgets, bad input, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.data import check_dataset, discover_dataset
+from medseg.errors import MedsegError
+from medseg.plan import Machine, fingerprint_from_report, make_plan
+from medseg.preprocess import load_cached
+from medseg.train import TrainConfig, TrainRequest, train
+from medseg.train.api import prepare_run
+from medseg.train.bundle import load_bundle
+from medseg.train.hooks import Hook
+from medseg.train.loop import Trainer
+from synthetic import make_2d_dataset, make_3d_dataset
+
+CPU = Machine("cpu", cores=2, memory_bytes=24 << 30, bf16=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_plan(data: Path, path: Path, **changes) -> Path:
+    report = check_dataset(discover_dataset(data), workers=1)
+    plan = make_plan(fingerprint_from_report(report), machine=CPU)
+    plan.features = [4, 8, 16]
+    plan.strides = [[2] * plan.dim, [2] * plan.dim]
+    plan.batch_size = 2
+    for key, value in changes.items():
+        setattr(plan, key, value)
+    return plan.save(path)
+
+
+def request(tmp_path: Path, data: Path, **kw) -> TrainRequest:
+    return TrainRequest(data=data, run_dir=tmp_path / "run", plan_path=tiny_plan(data, tmp_path / "plan.json"),
+                        cache_root=tmp_path / "cache", workers=1, progress_bar=False, folds=3, **kw)
+
+
+@pytest.mark.parametrize("maker", [make_3d_dataset, make_2d_dataset])
+def test_tiny_training_writes_a_loadable_bundle(tmp_path, maker):
+    data = maker(tmp_path / "data")
+    bundle = train(request(tmp_path, data), TrainConfig(epochs=2, steps_per_epoch=3, validations=1))
+    loaded = load_bundle(bundle)
+    assert loaded.folds == ["0"]
+    fold = loaded.metrics["folds"]["0"]
+    assert fold["steps"] == 6 and fold["cases"] == 2 and fold["final"] is True
+    assert set(fold["val_dice"]) == {str(v) for v in loaded.plan.foreground_labels}
+    assert all(0.0 <= d <= 1.0 or np.isnan(d) for d in fold["val_dice"].values())
+    model = loaded.load_models()[0]
+    x = torch.zeros(1, loaded.plan.channels, *loaded.plan.patch_size)
+    assert model(x).shape == (1, loaded.plan.num_classes, *loaded.plan.patch_size)
+    card = (bundle / "model_card.md").read_text()
+    assert "Intended use" in card and loaded.plan.dataset_name in card
+    run = bundle.parent
+    assert (run / "fold_0" / "curve.png").stat().st_size > 0
+    events = [json.loads(line)["event"] for line in (run / "fold_0" / "log.jsonl").read_text().splitlines()]
+    assert "validation" in events
+    assert not list(bundle.glob("*.pt")) and not list(bundle.glob("*.pkl"))  # no pickles in the bundle
+
+
+def test_training_learns_the_2d_blobs(tmp_path):
+    """Enough steps on an easy task must beat chance clearly: the loop really optimises."""
+    data = make_2d_dataset(tmp_path / "data", cases=6)
+    plan = tiny_plan(data, tmp_path / "plan.json", features=[8, 16, 32], learning_rate=0.02)
+    run = TrainRequest(data=data, run_dir=tmp_path / "run", plan_path=plan, cache_root=tmp_path / "cache",
+                       workers=1, progress_bar=False, folds=3)
+    bundle = train(run, TrainConfig(epochs=20, steps_per_epoch=5, validations=1))
+    dice = load_bundle(bundle).metrics["folds"]["0"]["val_dice"]
+    assert dice["1"] > 0.7, dice
+
+
+class Crash(Hook):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step(self, trainer, record):
+        if record["step"] == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_continues_from_the_saved_step_exactly(tmp_path):
+    data = make_3d_dataset(tmp_path / "data")
+    plan, splits, cache, _ = prepare_run(request(tmp_path, data))
+    train_cases = [load_cached(cache, c) for c in splits["splits"][0]["train"]]
+    config = TrainConfig(epochs=2, steps_per_epoch=4, checkpoint_every_s=0.0, seed=3)
+
+    reference = Trainer(plan, train_cases, [], tmp_path / "reference", config)
+    reference.run()
+
+    crashed = Trainer(plan, train_cases, [], tmp_path / "resumed", config, hooks=[Crash(at_step=5)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.run()
+    resumed = Trainer(plan, train_cases, [], tmp_path / "resumed", TrainConfig(**{**config.__dict__, "resume": True}))
+    resumed.load_checkpoint()
+    assert resumed.state.step == 4  # the checkpoint written after step 4; step 5 crashed before saving
+    resumed.config.resume = False  # already loaded
+    resumed.run()
+    assert resumed.state.step == 8
+    for (name, a), (_, b) in zip(reference.model.state_dict().items(), resumed.model.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=f"{name} differs after resume")
+
+
+def test_foreign_checkpoint_is_refused_without_unpickling(tmp_path):
+    data = make_3d_dataset(tmp_path / "data")
+    plan, splits, cache, _ = prepare_run(request(tmp_path, data))
+    cases = [load_cached(cache, c) for c in splits["splits"][0]["train"]]
+    folder = tmp_path / "bad"
+    folder.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"x": Evil()}, folder / "last_state.pt")
+    (folder / "last.safetensors").write_bytes(b"not safetensors")
+    trainer = Trainer(plan, cases, [], folder, TrainConfig(epochs=1, resume=True))
+    with pytest.raises(MedsegError, match="safetensors"):
+        trainer.run()
+    from medseg.train.checkpoint import save_weights
+
+    save_weights(trainer.model, folder / "last.safetensors")
+    with pytest.raises(MedsegError, match="not a medseg training state"):
+        trainer.run()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_budget_too_small_is_refused_with_the_minimum(tmp_path):
+    data = make_3d_dataset(tmp_path / "data", cases=9)
+    with pytest.raises(MedsegError, match=r"give at least --budget \d+s"):
+        train(request(tmp_path, data), TrainConfig(budget_s=0.01, steps_per_epoch=50))
+
+
+def test_data_set_failing_check_is_refused_with_its_problems(tmp_path):
+    data = make_3d_dataset(tmp_path / "data")
+    (data / "labelsTr" / "blob_000.nii.gz").unlink()
+    with pytest.raises(MedsegError, match="fails `medseg check` with 1 problem.*blob_000_0000.nii.gz: has no mask"):
+        train(request(tmp_path, data), TrainConfig(epochs=1))
+
+
+def test_budget_mode_stops_on_time_and_anneals(tmp_path):
+    data = make_2d_dataset(tmp_path / "data")
+    bundle = train(request(tmp_path, data), TrainConfig(budget_s=6.0, steps_per_epoch=1, validations=2))
+    fold = load_bundle(bundle).metrics["folds"]["0"]
+    assert fold["elapsed_s"] < 6.0 * 1.5 + 5  # the budget includes validation; small slack for a loaded machine
+    steps = [json.loads(line) for line in (bundle.parent / "fold_0" / "log.jsonl").read_text().splitlines()]
+    lrs = [s["lr"] for s in steps if s["event"] == "step"]
+    assert lrs == sorted(lrs, reverse=True)  # poly schedule over wall-clock progress
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+def test_ddp_two_processes_write_one_bundle(tmp_path):
+    data = make_2d_dataset(tmp_path / "data")
+    plan = tiny_plan(data, tmp_path / "plan.json")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "medseg", "train", str(data),
+           "-o", str(tmp_path / "run"), "--plan", str(plan), "--epochs", "2", "--cache", str(tmp_path / "cache"),
+           "--no-progress", "--folds", "3", "--workers", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    loaded = load_bundle(tmp_path / "run" / "bundle")
+    assert loaded.folds == ["0"] and loaded.metrics["folds"]["0"]["steps"] > 0
+    assert result.stdout.count("bundle written to") == 1  # only rank 0 reports and writes
