@@ -9,6 +9,7 @@ import pytest
 from medseg.data import check_dataset, discover_dataset
 from medseg.errors import MedsegError
 from medseg.plan import Fingerprint, Machine, Plan, fingerprint_from_report, make_plan
+from medseg.plan.planner import estimate_training_bytes
 from synthetic import make_2d_dataset, make_3d_dataset
 
 CPU = Machine("cpu", cores=2, memory_bytes=24 << 30, bf16=True)
@@ -39,14 +40,17 @@ def test_plan_is_deterministic_and_round_trips(tmp_path):
         assert size % divisor == 0
 
 
-def test_plan_2d_rgb_and_memory_fallback(tmp_path):
-    fp = fingerprint(make_2d_dataset(tmp_path / "ds"))
+def test_plan_2d_and_memory_fallback(tmp_path):
+    fp = fingerprint(make_2d_dataset(tmp_path / "ds", shape=(64, 64)))
     plan = make_plan(fp, machine=CPU)
-    assert plan.dim == 2 and plan.patch_size == [32, 32]
-    tiny = Machine("cpu", cores=2, memory_bytes=600_000, bf16=False)
-    small = make_plan(fp, machine=tiny)  # too little memory for the default: a smaller plan, not a crash
-    assert small.batch_size <= plan.batch_size and small.precision == "fp32"
-    assert "reduced to fit memory" in " ".join(small.notes)
+    assert plan.dim == 2 and plan.patch_size == [64, 64]
+    # Memory for a 32x32 patch but not for 64x64: a smaller plan, not a crash.
+    fits_half = estimate_training_bytes([32, 32], plan.strides, plan.features, plan.batch_size) / 0.4
+    small = make_plan(fp, machine=Machine("cpu", cores=2, memory_bytes=int(fits_half * 1.05), bf16=False))
+    assert small.patch_size == [32, 64] or small.patch_size == [32, 32], small.patch_size
+    assert small.precision == "fp32" and "reduced to fit memory" in " ".join(small.notes)
+    with pytest.raises(MedsegError, match="not enough memory"):
+        make_plan(fp, machine=Machine("cpu", cores=2, memory_bytes=1000, bf16=False))
 
 
 def test_unknown_plan_version_is_refused(tmp_path):

@@ -212,6 +212,50 @@ def train(
         out.print(f"bundle written to {bundle}")
 
 
+def find_demo_data(data: Path | None) -> Path:
+    """--data, else $MEDSEG_DATA/msd_hippocampus, else ../shared/data/msd_hippocampus beside the checkout."""
+    candidates = [data] if data else []
+    if os.environ.get("MEDSEG_DATA"):
+        candidates.append(Path(os.environ["MEDSEG_DATA"]) / "msd_hippocampus")
+    candidates += [Path.cwd().parent / "shared" / "data" / "msd_hippocampus",
+                   Path(__file__).resolve().parents[3] / "shared" / "data" / "msd_hippocampus"]
+    for candidate in candidates:
+        if candidate and (candidate / "imagesTr").is_dir():
+            return candidate
+    raise MedsegError("no MSD Hippocampus data set found", ", ".join(str(c) for c in candidates if c),
+                      "pass --data DIR (a Decathlon Task04_Hippocampus folder) or set MEDSEG_DATA")
+
+
+@app.command()
+def demo(
+    data: Annotated[Path | None, typer.Option(help="MSD Hippocampus folder (default: found automatically).")] = None,
+    budget: Annotated[str, typer.Option(help="Training budget.")] = "5m",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path("runs/demo"),
+) -> None:
+    """The job end to end on MSD Hippocampus: check the data, train within a budget, report validation Dice.
+
+    Example: medseg demo --budget 5m
+    """
+    from medseg.data import check_dataset, discover_dataset
+    from medseg.train import TrainConfig, TrainRequest
+    from medseg.train import train as run_training
+
+    root = find_demo_data(data)
+    out.print(f"[bold]1/2 checking[/bold] {root}")
+    report = check_dataset(discover_dataset(root))
+    _print_check(report, 0.0)
+    if not report.ok:
+        raise typer.Exit(1)
+    out.print(f"[bold]2/2 training[/bold] fold 0 for {budget} (plan sized for this machine)")
+    bundle = run_training(TrainRequest(data=root, run_dir=output), TrainConfig(budget_s=parse_duration(budget)))
+    metrics = json.loads((bundle / "metrics.json").read_text())["folds"]["0"]
+    plan_labels = json.loads((bundle / "plan.json").read_text())["labels"]
+    for value, dice in metrics["val_dice"].items():
+        out.print(f"validation Dice {plan_labels[value]}: {dice:.4f}")
+    out.print(f"mean foreground Dice {metrics['val_dice_mean']:.4f} on {metrics['cases']} held-out cases; "
+              f"bundle in {bundle}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1 (tracebacks with --debug)."""
     try:

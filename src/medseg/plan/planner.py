@@ -9,6 +9,7 @@ voxel budget, and bf16 autocast is used where the CPU has native bf16.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -207,16 +208,10 @@ def make_plan(
         strides=[[int(s) for s in stride] for stride in strides],
         deep_supervision=model != "fcn",
         loss=loss,
-        augment=augment.to_dict() if hasattr(augment, "to_dict") else _asdict(augment),
+        augment=json.loads(json.dumps(augment.to_dict())),  # JSON types, so a plan equals its reloaded copy
         precision="bf16" if machine.bf16 else "fp32",
         median_shape=[round(float(s), 2) for s in median_shape],
         device_kind=machine.kind,
         notes=notes,
     )
 
-
-def _asdict(config: object) -> dict:
-    from dataclasses import asdict
-
-    data = asdict(config)  # type: ignore[call-overload]
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}

@@ -69,8 +69,7 @@ def build_network(plan: Plan) -> nn.Module:
 
 
 def augment_config(plan: Plan) -> AugmentConfig:
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in plan.augment.items()}
-    return AugmentConfig(**fields)
+    return AugmentConfig.from_dict(plan.augment)
 
 
 def is_main_process() -> bool:
