@@ -77,7 +77,7 @@ def _print_check(report, seconds: float) -> None:  # noqa: ANN001 - CheckReport,
     if report.problems:
         out.print(f"[red]{len(report.problems)} problem(s):[/red]")
         for problem in report.problems:
-            out.print(f"  - {problem.line()}", markup=False, highlight=False)
+            out.print(f"  - {problem.line()}", markup=False, highlight=False, soft_wrap=True)
     else:
         out.print("[green]no problems found[/green]")
     out.print(f"checked {summary.get('readable_cases', 0)} cases in {seconds:.1f} s")
@@ -242,8 +242,9 @@ def demo(
 
     root = find_demo_data(data)
     out.print(f"[bold]1/2 checking[/bold] {root}")
+    start = time.perf_counter()
     report = check_dataset(discover_dataset(root))
-    _print_check(report, 0.0)
+    _print_check(report, time.perf_counter() - start)
     if not report.ok:
         raise typer.Exit(1)
     out.print(f"[bold]2/2 training[/bold] fold 0 for {budget} (plan sized for this machine)")
@@ -259,11 +260,12 @@ def demo(
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 1 (tracebacks with --debug)."""
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)  # returns the exit code of a typer.Exit raised by a command
+        sys.exit(result if isinstance(result, int) else 0)
     except MedsegError as exc:
         if _state["debug"]:
             raise
-        console.print(f"error: {exc.message}", style="red", markup=False, highlight=False)
+        console.print(f"error: {exc.message}", style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -277,7 +279,7 @@ def main() -> None:
             if callable(show):
                 show()
             else:
-                console.print(f"error: {exc.format_message()}", style="red", markup=False, highlight=False)
+                console.print(f"error: {exc.format_message()}", style="red", markup=False, highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         raise
 
