@@ -7,11 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import shared
-from synthetic import make_2d_dataset
 
 from medseg.cli import main
 from medseg.io import Image, write_image
+from synthetic import make_2d_dataset
+
+from conftest import shared
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

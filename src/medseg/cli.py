@@ -279,7 +279,8 @@ def main() -> None:
             if callable(show):
                 show()
             else:
-                console.print(f"error: {exc.format_message()}", style="red", markup=False, highlight=False, soft_wrap=True)
+                console.print(f"error: {exc.format_message()}", style="red", markup=False, highlight=False,
+                              soft_wrap=True)
             sys.exit(exc.exit_code)
         raise
 
