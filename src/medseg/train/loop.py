@@ -110,6 +110,7 @@ class Trainer:
         self._start_time = 0.0
         self._elapsed_before = 0.0
         self._reserve_s = 0.0
+        self._step_progress = 0.0
 
     # ---- set-up -----------------------------------------------------------------------------------------
 
@@ -151,7 +152,7 @@ class Trainer:
         if self.device.type == "cpu" and self.plan.dim == 3:
             images = images.contiguous(memory_format=torch.channels_last_3d)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate(self.progress())
+            group["lr"] = self.learning_rate(self._step_progress if dist.is_initialized() else self.progress())
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.plan.precision):
             output = self.network(images)
@@ -222,12 +223,14 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------------------
 
     def _should_stop(self) -> bool:
-        stop = self.progress() >= 1.0 or self.state.stopped_early
-        if dist.is_initialized():  # every rank stops at the same step
-            flag = torch.tensor([1.0 if stop else 0.0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
+        """Also fixes the progress the next step's learning rate uses; under DDP every rank agrees on both."""
+        progress, early = self.progress(), float(self.state.stopped_early)
+        if dist.is_initialized():
+            shared = torch.tensor([progress, early])
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+            progress, early = float(shared[0]), float(shared[1])
+        self._step_progress = progress
+        return progress >= 1.0 or early > 0
 
     def _check_budget(self, step_seconds: float) -> None:
         """Refuse a budget that cannot train one epoch and validate once, naming the minimum."""
