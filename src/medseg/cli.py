@@ -229,12 +229,12 @@ def find_demo_data(data: Path | None) -> Path:
 @app.command()
 def demo(
     data: Annotated[Path | None, typer.Option(help="MSD Hippocampus folder (default: found automatically).")] = None,
-    budget: Annotated[str, typer.Option(help="Training budget.")] = "5m",
+    budget: Annotated[str, typer.Option(help="Training budget.")] = "15m",
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path("runs/demo"),
 ) -> None:
     """The job end to end on MSD Hippocampus: check the data, train within a budget, report validation Dice.
 
-    Example: medseg demo --budget 5m
+    Example: medseg demo --budget 15m
     """
     from medseg.data import check_dataset, discover_dataset
     from medseg.train import TrainConfig, TrainRequest
