@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -267,6 +267,3 @@ def summarise(dataset: Dataset, stats: list[CaseStats]) -> dict[str, Any]:
 def _fmt(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
 
-
-def stats_to_dict(stats: CaseStats) -> dict[str, Any]:
-    return asdict(stats)

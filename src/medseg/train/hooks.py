@@ -18,7 +18,7 @@ class Hook:
 class ProgressHook(Hook):
     """A rich progress bar: step, loss, validation Dice, time left."""
 
-    def __init__(self, total_label: str = "") -> None:
+    def __init__(self) -> None:
         self.progress = None
         self.task = None
         self.val = float("nan")

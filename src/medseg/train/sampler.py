@@ -32,7 +32,6 @@ class PatchSampler:
         self.rng.bit_generator.state = state["bit_generator"]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        dims = len(self.patch)
         images = np.zeros((self.batch_size, self.channels, *self.patch), dtype=np.float32)
         labels = np.zeros((self.batch_size, 1, *self.patch), dtype=np.int64)
         # At least round(fraction * batch) patches are forced onto foreground, as nnU-Net does.
@@ -46,7 +45,6 @@ class PatchSampler:
             dst = tuple(slice(max(a, 0) - a, max(a, 0) - a + (sl.stop - sl.start)) for a, sl in zip(start, src))
             images[(b, slice(None), *dst)] = case.data[(slice(None), *src)]
             labels[(b, 0, *dst)] = case.seg[src]
-        assert images.ndim == dims + 2
         return torch.from_numpy(images), torch.from_numpy(labels)
 
     def _start(self, case: CachedCase, shape: np.ndarray, force_foreground: bool) -> np.ndarray:
