@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from _common import data_set, emit
 
+from medseg.bundle import load_bundle
 from medseg.cli import parse_duration
 from medseg.data import discover_dataset
 from medseg.data.dataset import Case
@@ -26,7 +27,6 @@ from medseg.evaluate import dice_per_class
 from medseg.infer import predict_logits
 from medseg.preprocess import load_cached, prepare_cache
 from medseg.train import TrainConfig, TrainRequest, train
-from medseg.train.bundle import load_bundle
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

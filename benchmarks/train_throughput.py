@@ -15,8 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from medseg.data import check_dataset, discover_dataset
 from medseg.infer.sliding import autocast_context
 from medseg.losses import build_loss
+from medseg.models import build_network
 from medseg.plan import fingerprint_from_report, make_plan
-from medseg.train.loop import build_network
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from medseg.bundle import load_bundle
 from medseg.data import check_dataset, discover_dataset
 from medseg.errors import MedsegError
 from medseg.plan import Machine, fingerprint_from_report, make_plan
 from medseg.preprocess import load_cached
 from medseg.train import TrainConfig, TrainRequest, train
 from medseg.train.api import prepare_run
-from medseg.train.bundle import load_bundle
 from medseg.train.hooks import Hook
 from medseg.train.loop import Trainer
 from synthetic import make_2d_dataset, make_3d_dataset

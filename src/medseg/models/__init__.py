@@ -20,6 +20,7 @@ All four support deep supervision (``fcn``'s heads are its fused per-level score
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -29,7 +30,11 @@ from medseg.models.fcn import FCN
 from medseg.models.resnet_unet import ResNetUNet
 from medseg.models.unet import NativeDSDynUNet
 
+if TYPE_CHECKING:
+    from medseg.plan import Plan
+
 __all__ = [
+    "build_network",
     "FCN",
     "MODEL_NAMES",
     "NORM_NAMES",
@@ -97,3 +102,9 @@ def build_model(
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameter scalars in ``model``; only those with ``requires_grad`` if ``trainable_only``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_network(plan: Plan) -> nn.Module:
+    """The network a plan describes (randomly initialised)."""
+    return build_model(plan.model, spatial_dims=plan.dim, in_channels=plan.channels, num_classes=plan.num_classes,
+                       features=plan.features, strides=plan.strides, deep_supervision=plan.deep_supervision)

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from medseg.bundle import write_bundle_fold, write_model_card
 from medseg.data import check_dataset, discover_dataset, load_splits, make_splits, write_splits
 from medseg.errors import DatasetError, MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
 from medseg.preprocess import load_cached, prepare_cache
-from medseg.train.bundle import write_bundle_fold, write_model_card
 from medseg.train.hooks import CurveHook, LogHook, ProgressHook
 from medseg.train.loop import TrainConfig, Trainer, is_main_process
 

@@ -23,8 +23,9 @@ from torch import nn
 from medseg import __version__
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path, write_text_atomic
+from medseg.models import build_network
+from medseg.models.weights import load_weights
 from medseg.plan import Plan
-from medseg.train.checkpoint import load_weights
 
 
 @dataclass
@@ -37,11 +38,9 @@ class Bundle:
     def fold_weights(self, fold: str) -> Path:
         return self.folder / f"fold_{fold}.safetensors"
 
-    def load_models(self) -> list[nn.Module]:
-        from medseg.train.loop import build_network
-
+    def load_models(self, folds: list[str] | None = None) -> list[nn.Module]:
         models = []
-        for fold in self.folds:
+        for fold in folds or self.folds:
             model = build_network(self.plan)
             load_weights(model, self.fold_weights(fold))
             model.eval()
