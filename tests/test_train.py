@@ -70,6 +70,11 @@ def test_tiny_training_writes_a_loadable_bundle(tmp_path, maker):
     events = [json.loads(line)["event"] for line in (run / "fold_0" / "log.jsonl").read_text().splitlines()]
     assert "validation" in events
     assert not list(bundle.glob("*.pt")) and not list(bundle.glob("*.pkl"))  # no pickles in the bundle
+    # Measured on the held-out fold after training: post-processing steps and whether mirror TTA pays.
+    post = json.loads((bundle / "postprocess.json").read_text())
+    assert post["format"] == "medseg-postprocess" and post["decisions"]
+    check = loaded.metrics["inference"]["tta_check"]["0"]
+    assert check["cases"] == 2 and check["tta"] == (check["dice_tta"] > check["dice_plain"] + 0.002)
 
 
 def test_training_learns_the_2d_blobs(tmp_path):

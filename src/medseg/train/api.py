@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -18,7 +19,9 @@ from medseg.data import check_dataset, discover_dataset, load_splits, make_split
 from medseg.errors import DatasetError, MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
+from medseg.postprocess import POSTPROCESS_FILE, save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
+from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, measure_tta
 from medseg.train.hooks import CurveHook, LogHook, ProgressHook
 from medseg.train.loop import TrainConfig, Trainer, is_main_process
 
@@ -100,6 +103,9 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     plan, splits, cache, summary = prepared
     folds = _fold_names(request.fold, splits)
     bundle = run / "bundle"
+    pooled: list[tuple[str, Any]] = []  # final validation predictions of every fold, for post-processing
+    held_out: dict[str, Any] = {}
+    tta: dict[str, dict[str, Any]] = {}
     for fold in folds:
         train_ids, val_ids = _fold_cases(fold, splits)
         train_cases = [load_cached(cache, cid) for cid in train_ids]
@@ -112,8 +118,18 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
         metrics = trainer.run()
         if is_main_process():
             write_bundle_fold(bundle, plan, fold, folder / "last.safetensors", metrics)
+            if val_cases:
+                tta[fold] = measure_tta(trainer.model, plan, val_cases)
+                pooled += trainer.final_predictions
+                held_out.update({c.case_id: c for c in val_cases})
     if is_main_process():
+        if pooled:
+            save_postprocessing(choose_for_folds(plan, pooled, held_out), bundle / POSTPROCESS_FILE)
         all_metrics = json.loads((bundle / "metrics.json").read_text())
+        if tta:
+            gains = [t["dice_tta"] - t["dice_plain"] for t in tta.values()]
+            all_metrics["inference"] = {"tta": bool(np.nanmean(gains) > TTA_MIN_GAIN), "tta_check": tta}
+            write_text_atomic(bundle / "metrics.json", json.dumps(all_metrics, indent=1) + "\n")
         write_model_card(bundle, plan, summary, all_metrics, " ".join(["medseg", *sys.argv[1:]]))
     if dist.is_initialized():
         dist.barrier()

@@ -102,6 +102,7 @@ class Trainer:
                                     seed=config.seed * 1000 + rank)
         self.augmenter = BatchAugmenter(augment_config(plan), plan.dim, seed=config.seed * 1000 + rank)
         self.state = TrainState()
+        self.final_predictions: list[tuple[str, np.ndarray]] = []  # (case id, labels) from the final validation
         self.steps_per_epoch = config.steps_per_epoch or \
             max(1, min(math.ceil(len(train_cases) / plan.batch_size), MAX_EPOCH_STEPS))
         self.total_steps = (config.epochs or 0) * self.steps_per_epoch
@@ -167,10 +168,15 @@ class Trainer:
         cases = self.val_cases if final else self.val_cases[: self.config.max_val_cases]
         start = time.perf_counter()
         per_class: dict[int, list[float]] = {v: [] for v in self.plan.foreground_labels}
+        if final:
+            self.final_predictions = []
         for case in cases:
             logits = predict_logits(self.model, torch.from_numpy(np.array(case.data)), self.plan.patch_size,
                                     overlap=self.plan.sliding_window_overlap, precision=self.plan.precision)
-            scores = dice_per_class(logits.argmax(0), torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
+            prediction = logits.argmax(0)
+            if final:  # kept (int8, network grid) for post-processing choice and evaluation after training
+                self.final_predictions.append((case.case_id, prediction.numpy().astype(np.int8)))
+            scores = dice_per_class(prediction, torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
                                     self.plan.foreground_labels)
             for value, score in scores.items():
                 per_class[value].append(score)

@@ -1,0 +1,32 @@
+"""Post-processing of predicted label maps: connected components, small objects, holes, probability thresholds,
+and the nnU-Net-style choice of which of them to apply, saved as ``postprocess.json`` in the bundle."""
+
+from medseg.postprocess.config import (
+    POSTPROCESS_FILE,
+    ClassPostprocess,
+    PostprocessConfig,
+    load_postprocessing,
+    save_postprocessing,
+)
+from medseg.postprocess.ops import (
+    apply_postprocessing,
+    apply_thresholds,
+    fill_holes,
+    keep_largest_component,
+    remove_small_objects,
+)
+from medseg.postprocess.select import choose_postprocessing
+
+__all__ = [
+    "POSTPROCESS_FILE",
+    "ClassPostprocess",
+    "PostprocessConfig",
+    "apply_postprocessing",
+    "apply_thresholds",
+    "choose_postprocessing",
+    "fill_holes",
+    "keep_largest_component",
+    "load_postprocessing",
+    "remove_small_objects",
+    "save_postprocessing",
+]

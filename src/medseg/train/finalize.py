@@ -1,0 +1,55 @@
+"""After training: decide what inference should do, from the held-out fold.
+
+Two choices are measured here rather than assumed: whether mirror TTA pays for its cost (it multiplies
+inference time by 1 + number of mirrored axes), and which post-processing steps help (nnU-Net's rule: keep a
+step only where validation Dice improves). Both run on the network's grid, on the cases the fold never saw.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medseg.evaluate import dice_per_class
+from medseg.infer.sliding import predict_logits
+from medseg.plan import Plan
+from medseg.postprocess import PostprocessConfig, choose_postprocessing
+from medseg.preprocess import CachedCase
+
+TTA_CASES = 10  # enough to see a real difference; the full fold would cost (1 + axes) x its validation time
+TTA_MIN_GAIN = 0.002  # mean Dice TTA must add to be on by default
+
+
+def _mean_dice(predictions: list[torch.Tensor], cases: list[CachedCase], plan: Plan) -> float:
+    scores = []
+    for prediction, case in zip(predictions, cases):
+        per_class = dice_per_class(prediction, torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
+                                   plan.foreground_labels)
+        scores.append(np.nanmean(list(per_class.values())) if per_class else np.nan)
+    return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
+
+
+def measure_tta(model: nn.Module, plan: Plan, cases: list[CachedCase]) -> dict[str, Any]:
+    """Dice and seconds a case with and without mirror TTA on up to ``TTA_CASES`` validation cases."""
+    cases = cases[:TTA_CASES]
+    result: dict[str, Any] = {"cases": len(cases)}
+    for name, axes in (("plain", ()), ("tta", tuple(range(plan.dim)))):
+        start = time.perf_counter()
+        predictions = [predict_logits(model, torch.from_numpy(np.array(c.data)), plan.patch_size,
+                                      overlap=plan.sliding_window_overlap, mirror_axes=axes,
+                                      precision=plan.precision).argmax(0) for c in cases]
+        result[f"dice_{name}"] = round(_mean_dice(predictions, cases, plan), 4)
+        result[f"seconds_{name}"] = round((time.perf_counter() - start) / max(len(cases), 1), 3)
+    result["tta"] = bool(result["dice_tta"] > result["dice_plain"] + TTA_MIN_GAIN)
+    return result
+
+
+def choose_for_folds(plan: Plan, predictions: list[tuple[str, np.ndarray]],
+                     cases: dict[str, CachedCase]) -> PostprocessConfig:
+    """Post-processing chosen on the pooled final-validation predictions of every fold trained."""
+    pairs = [(pred, np.asarray(cases[cid].seg), plan.target_spacing) for cid, pred in predictions if cid in cases]
+    return choose_postprocessing(pairs, plan.labels)
