@@ -8,8 +8,7 @@ import tarfile
 
 import pytest
 
-from medseg.data import check_dataset, discover_dataset
-from medseg.data import fetch
+from medseg.data import check_dataset, discover_dataset, fetch
 from medseg.errors import MedsegError
 
 

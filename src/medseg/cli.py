@@ -212,49 +212,140 @@ def train(
         out.print(f"bundle written to {bundle}")
 
 
-def find_demo_data(data: Path | None) -> Path:
-    """--data, else $MEDSEG_DATA/msd_hippocampus, else ../shared/data/msd_hippocampus beside the checkout."""
-    candidates = [data] if data else []
-    if os.environ.get("MEDSEG_DATA"):
-        candidates.append(Path(os.environ["MEDSEG_DATA"]) / "msd_hippocampus")
-    candidates += [Path.cwd().parent / "shared" / "data" / "msd_hippocampus",
-                   Path(__file__).resolve().parents[3] / "shared" / "data" / "msd_hippocampus"]
-    for candidate in candidates:
-        if candidate and (candidate / "imagesTr").is_dir():
-            return candidate
-    raise MedsegError("no MSD Hippocampus data set found", ", ".join(str(c) for c in candidates if c),
-                      "pass --data DIR (a Decathlon Task04_Hippocampus folder) or set MEDSEG_DATA")
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle folder (RUN/bundle).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, folders of them or of DICOM series, or a data "
+                                                      "set folder (its split.json test list).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")],
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Mirror test-time augmentation (default: on "
+                                                                    "where the bundle measured it pays).")] = None,
+    step: Annotated[float | None, typer.Option(help="Sliding-window step as a fraction of the patch (default: "
+                                                    "the plan's, 0.5).")] = None,
+    postprocess: Annotated[bool, typer.Option("--postprocess/--no-postprocess",
+                                              help="Apply the bundle's postprocess.json.")] = True,
+    probabilities: Annotated[bool, typer.Option(help="Also save per-class probabilities.")] = False,
+    uncertainty: Annotated[bool, typer.Option(help="Also save a voxel-wise uncertainty map (entropy).")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="same (the input's; PNG for JPEG, NIfTI for DICOM), nii.gz, "
+                                                      "png, nrrd or mha.")] = "same",
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Segment scans with a bundle; masks keep each input's format, size and geometry.
+
+    Example: medseg predict runs/hippo/bundle scans/ -o predictions/
+    Writes one mask per case and predictions.json (inputs, outputs, timings, versions). Exit 1 when a case failed.
+    """
+    from rich.progress import Progress
+
+    from medseg.bundle import load_bundle
+    from medseg.infer.predict import PredictOptions, predict_paths
+
+    loaded = load_bundle(bundle)
+    options = PredictOptions(tta=tta, overlap=None if step is None else 1.0 - step, postprocess=postprocess,
+                             probabilities=probabilities, uncertainty=uncertainty)
+    with Progress(console=console, disable=no_progress, transient=True) as bar:
+        task = bar.add_task("predicting", total=None)
+
+        def advance(done: int, total: int, case: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"predicting {case}")
+
+        manifest = predict_paths(loaded, inputs, output, options, fmt=fmt, progress=advance)
+    done = manifest["cases"]
+    seconds = sum(c["seconds"] for c in done) / max(len(done), 1)
+    tta_state = "on" if manifest["tta"] else "off"
+    out.print(f"{len(done)} case(s) predicted into {output} ({seconds:.2f} s a case, TTA {tta_state})")
+    for failure in manifest["failed"]:
+        console.print(f"[red]failed[/red] {failure['case']}: {failure['error']}", soft_wrap=True)
+    if manifest["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    prediction: Annotated[Path, typer.Argument(help="Predicted label maps: a folder, or one file.")],
+    reference: Annotated[Path, typer.Argument(help="Reference label maps: a folder, or one file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Report folder (metrics.csv, summary.json).")],
+    labels: Annotated[str | None, typer.Option(
+        help="A dataset.json, or names like '1:anterior,2:posterior' (default: a dataset.json in or above the "
+             "reference folder, else the values present).")] = None,
+    region: Annotated[Path | None, typer.Option(
+        help="Score only inside these masks (a folder matched by case id, or one file), e.g. DRIVE's FOV.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Normalised surface Dice tolerance in mm.")] = 2.0,
+    workers: Annotated[int, typer.Option(help="Processes (0: automatic).")] = 0,
+) -> None:
+    """Score predictions against references per case and class: Dice, IoU, HD95, ASSD, surface Dice, volumes.
+
+    Example: medseg evaluate runs/hippo/predictions data/Task04_Hippocampus/labelsTr -o runs/hippo/evaluation
+    """
+    from medseg.evaluate import evaluate_folders, write_evaluation
+
+    start = time.perf_counter()
+    result = evaluate_folders(prediction, reference, labels=labels, region_dir=region, workers=workers or None,
+                              tolerance_mm=tolerance)
+    csv_path, json_path = write_evaluation(result, output)
+    summary = result.summary()
+    table = Table(title=f"{summary['cases']} case(s), NSD at {tolerance:g} mm")
+    for column in ("label", "mean Dice", "mean HD95 (mm)", "mean NSD", "HD95 missing"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, stats in summary["per_class"].items():
+        empty = summary["empty"][name]
+        table.add_row(name, _fmt(stats["dice"]["mean"]), _fmt(stats["hd95_mm"]["mean"], 3),
+                      _fmt(stats["nsd"]["mean"]), str(empty["pred_empty_only"] + empty["ref_empty_only"]))
+    out.print(table)
+    if summary["mean_dice"] is not None:
+        out.print(f"mean Dice over classes {summary['mean_dice']:.4f}")
+    for key, what in (("missing_predictions", "reference(s) without a prediction, not scored"),
+                      ("extra_predictions", "prediction(s) without a reference, ignored")):
+        if summary[key]:
+            shown = ", ".join(summary[key][:5]) + (" ..." if len(summary[key]) > 5 else "")
+            console.print(f"warning: {len(summary[key])} {what}: {shown}", style="yellow", markup=False,
+                          highlight=False)
+    out.print(f"wrote {csv_path} and {json_path} in {time.perf_counter() - start:.1f} s", markup=False,
+              highlight=False, soft_wrap=True)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+DEFAULT_CACHE = Path.home() / ".cache" / "medseg"
 
 
 @app.command()
 def demo(
-    data: Annotated[Path | None, typer.Option(help="MSD Hippocampus folder (default: found automatically).")] = None,
-    budget: Annotated[str, typer.Option(help="Training budget.")] = "15m",
+    data: Annotated[Path | None, typer.Option(help="MSD Hippocampus folder (default: $MEDSEG_DATA/msd_hippocampus, "
+                                                   "../shared/data/msd_hippocampus, else downloaded).")] = None,
+    budget: Annotated[str, typer.Option(help="Training budget.")] = "5m",
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path("runs/demo"),
+    cache: Annotated[Path, typer.Option(help="Where a downloaded data set is kept.")] = DEFAULT_CACHE,
+    mirror: Annotated[str | None, typer.Option(help="Local folder or URL holding Task04_Hippocampus.tar.")] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
-    """The job end to end on MSD Hippocampus: check the data, train within a budget, report validation Dice.
+    """The job end to end on MSD Hippocampus: check, train within a budget, predict the test list, evaluate, report.
 
-    Example: medseg demo --budget 15m
+    Example: medseg demo --budget 5m
     """
-    from medseg.data import check_dataset, discover_dataset
-    from medseg.train import TrainConfig, TrainRequest
-    from medseg.train import train as run_training
+    from medseg.demo import result_lines, run_demo
 
-    root = find_demo_data(data)
-    out.print(f"[bold]1/2 checking[/bold] {root}")
-    start = time.perf_counter()
-    report = check_dataset(discover_dataset(root))
-    _print_check(report, time.perf_counter() - start)
-    if not report.ok:
-        raise typer.Exit(1)
-    out.print(f"[bold]2/2 training[/bold] fold 0 for {budget} (plan sized for this machine)")
-    bundle = run_training(TrainRequest(data=root, run_dir=output), TrainConfig(budget_s=parse_duration(budget)))
-    metrics = json.loads((bundle / "metrics.json").read_text())["folds"]["0"]
-    plan_labels = json.loads((bundle / "plan.json").read_text())["labels"]
-    for value, dice in metrics["val_dice"].items():
-        out.print(f"validation Dice {plan_labels[value]}: {dice:.4f}")
-    out.print(f"mean foreground Dice {metrics['val_dice_mean']:.4f} on {metrics['cases']} held-out cases; "
-              f"bundle in {bundle}")
+    result = run_demo(data, output, parse_duration(budget), cache, mirror, say=out.print, progress_bar=not no_progress)
+    for line in result_lines(result):
+        out.print(line)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `medseg train`.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
+    evaluation: Annotated[Path | None, typer.Option(help="Evaluation folder (default: RUN_DIR/evaluation).")] = None,
+) -> None:
+    """Write one self-contained HTML report: data, plan, training curves, metrics, best/median/worst cases.
+
+    Example: medseg report runs/hippo -o report.html
+    """
+    from medseg.report import build_report
+
+    out.print(str(build_report(run_dir, output, evaluation_dir=evaluation)), markup=False, highlight=False,
+              soft_wrap=True)
 
 
 def main() -> None:

@@ -1,0 +1,90 @@
+"""Time-to-Dice: train on a data set's split.json train list within a budget, score its test list.
+
+Usage: python benchmarks/train_budget.py --dataset msd_hippocampus --budget 15m [--keep DIR]
+       (msd_hippocampus, jsrt_scr or drive; DRIVE is scored inside its FOV masks)
+Trains fold 'none' (every training case, no validation fold: the whole budget goes to training), then runs the
+real pipeline on the test cases: `predict` (original geometry, default TTA) and `evaluate` (Dice, HD95, ...).
+The test cases are never seen in training: training reads a folder of links to the train list only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _common import data_set, emit
+
+from medseg.bundle import load_bundle
+from medseg.cli import parse_duration
+from medseg.data import discover_dataset
+from medseg.evaluate import evaluate_folders
+from medseg.infer.predict import PredictInput, PredictOptions, predict_paths
+from medseg.train import TrainConfig, TrainRequest, train
+
+
+def link_view(root: Path, cases: list, out: Path, layout: str, with_labels: bool = True) -> Path:
+    image_dir, label_dir = ("imagesTr", "labelsTr") if layout == "decathlon" else ("images", "masks")
+    (out / image_dir).mkdir(parents=True)
+    (out / label_dir).mkdir(parents=True)
+    for case in cases:
+        for f in case.image_files:
+            (out / image_dir / f.name).symlink_to(f.resolve())
+        if with_labels and case.label_file:
+            (out / label_dir / case.label_file.name).symlink_to(case.label_file.resolve())
+    meta_file = root / "dataset.json"
+    if meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        meta.pop("training", None)
+        meta.pop("test", None)
+        meta["numTraining"] = len(cases)
+        (out / "dataset.json").write_text(json.dumps(meta))
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="msd_hippocampus")
+    parser.add_argument("--budget", default="15m")
+    parser.add_argument("--keep", type=Path, help="copy the bundle here (for the prediction benchmarks)")
+    args = parser.parse_args()
+    root = data_set(args.dataset)
+    dataset = discover_dataset(root)
+    split = json.loads((root / "split.json").read_text())
+    by_id = {c.case_id: c for c in dataset.cases}
+    train_cases, test_cases = [by_id[c] for c in split["train"]], [by_id[c] for c in split["test"]]
+    work = Path(tempfile.mkdtemp(prefix="medseg_bench_"))
+    view = link_view(root, train_cases, work / "train_only", dataset.layout)
+    start = time.perf_counter()
+    bundle_dir = train(TrainRequest(data=view, run_dir=work / "run", fold="none", cache_root=work / "cache",
+                                    progress_bar=False), TrainConfig(budget_s=parse_duration(args.budget)))
+    train_seconds = time.perf_counter() - start
+    bundle = load_bundle(bundle_dir)
+    references = work / "references"
+    references.mkdir()
+    for case in test_cases:
+        (references / case.label_file.name).symlink_to(case.label_file.resolve())
+    inputs = [PredictInput(c.case_id, list(c.image_files)) for c in test_cases]
+    manifest = predict_paths(bundle, inputs, work / "predictions", PredictOptions())
+    region = root / "fov" if (root / "fov").is_dir() else None
+    result = evaluate_folders(work / "predictions", references, labels=dict(bundle.plan.labels), region_dir=region)
+    summary = result.summary()
+    dice = {name: round(stats["dice"]["mean"], 4) for name, stats in summary["per_class"].items()}
+    hd95 = {name: stats["hd95_mm"]["mean"] for name, stats in summary["per_class"].items()}
+    emit(f"train_{args.dataset}", {
+        "budget": args.budget, "train_seconds": round(train_seconds, 1),
+        "steps": bundle.metrics["folds"]["none"]["steps"], "test_cases": len(test_cases),
+        "dice": dice, "mean_dice": round(summary["mean_dice"], 4), "hd95_mm": hd95,
+        "scored_inside": "FOV" if region else "whole image",
+        "predict_seconds_per_case": round(sum(c["seconds"] for c in manifest["cases"]) / len(test_cases), 3),
+        "tta": manifest["tta"],
+        "plan": {"dim": bundle.plan.dim, "patch": bundle.plan.patch_size, "batch": bundle.plan.batch_size,
+                 "features": bundle.plan.features, "precision": bundle.plan.precision},
+    })
+    if args.keep:
+        shutil.rmtree(args.keep, ignore_errors=True)
+        shutil.copytree(bundle_dir, args.keep)
+    shutil.rmtree(work, ignore_errors=True)
