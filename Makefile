@@ -26,8 +26,16 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medseg demo
 
-bench: $(STAMP)
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+bench: $(STAMP)  # about 75 minutes on a 2-core CPU; each script prints one JSON line (see benchmarks/results.md)
+	cd benchmarks && ../$(BIN)/python check_speed.py
+	cd benchmarks && ../$(BIN)/python evaluate_speed.py
+	cd benchmarks && ../$(BIN)/python train_throughput.py
+	cd benchmarks && ../$(BIN)/python train_budget.py --dataset msd_hippocampus --budget 5m
+	cd benchmarks && ../$(BIN)/python train_budget.py --dataset msd_hippocampus --budget 15m --keep ../runs/bench_hippocampus
+	cd benchmarks && ../$(BIN)/python predict_hippocampus.py --bundle ../runs/bench_hippocampus
+	cd benchmarks && ../$(BIN)/python predict_memory.py
+	cd benchmarks && ../$(BIN)/python train_budget.py --dataset jsrt_scr --budget 15m
+	cd benchmarks && ../$(BIN)/python train_budget.py --dataset drive --budget 15m
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -193,3 +193,15 @@ def test_real_nifti_to_mha_conversion_keeps_geometry(tmp_path):
     back = read_image(write_image(image, tmp_path / "seg.mha"))
     assert back.same_geometry(image, atol=1e-4)
     np.testing.assert_array_equal(back.array, image.array)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """Temporary files are private (mkstemp: 0600); the finished file follows the umask like a plain open()."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_image(Image.from_array(np.ones((1, 4, 4), np.uint8)), tmp_path / "mask.png")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

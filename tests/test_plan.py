@@ -72,5 +72,15 @@ def test_ct_channels_get_ct_normalisation(tmp_path):
 def test_real_hippocampus_plan_matches_the_median_case(hippocampus):
     plan = make_plan(fingerprint(hippocampus, workers=None), machine=CPU)
     assert plan.patch_size == [40, 56, 40]  # covers the median case (36x50x35), divisible by 8
-    assert plan.target_spacing == [1.0, 1.0, 1.0] and plan.features[0] == 16
+    assert plan.target_spacing == [1.0, 1.0, 1.0] and plan.features[0] == 8
+    assert (plan.optimizer, plan.learning_rate) == ("adamw", 3e-3)  # a CPU budget is a few hundred steps
     assert plan.labels == {0: "background", 1: "Anterior", 2: "Posterior"}
+
+
+def test_gpu_plans_keep_nnunet_sgd_and_an_explicit_choice_wins(tmp_path):
+    fp = fingerprint(make_3d_dataset(tmp_path / "ds"))
+    gpu = Machine("cuda", cores=8, memory_bytes=40 << 30, bf16=True)
+    assert (make_plan(fp, machine=gpu).optimizer, make_plan(fp, machine=gpu).learning_rate) == ("sgd", 0.01)
+    assert make_plan(fp, machine=CPU, optimizer="sgd").optimizer == "sgd"
+    with pytest.raises(MedsegError, match="unknown optimizer"):
+        make_plan(fp, machine=CPU, optimizer="lbfgs")

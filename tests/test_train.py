@@ -80,7 +80,7 @@ def test_tiny_training_writes_a_loadable_bundle(tmp_path, maker):
 def test_training_learns_the_2d_blobs(tmp_path):
     """Enough steps on an easy task must beat chance clearly: the loop really optimises."""
     data = make_2d_dataset(tmp_path / "data", cases=6)
-    plan = tiny_plan(data, tmp_path / "plan.json", features=[8, 16, 32], learning_rate=0.02)
+    plan = tiny_plan(data, tmp_path / "plan.json", features=[8, 16, 32], learning_rate=0.02, optimizer="sgd")
     run = TrainRequest(data=data, run_dir=tmp_path / "run", plan_path=plan, cache_root=tmp_path / "cache",
                        workers=1, progress_bar=False, folds=3)
     bundle = train(run, TrainConfig(epochs=20, steps_per_epoch=5, validations=1))

@@ -179,7 +179,8 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Epochs (passes over the training cases).")] = None,
     model: Annotated[str, typer.Option(help="unet, resunet, fcn or resnet_unet.")] = "unet",
     loss: Annotated[str, typer.Option(help="dice_ce, ce, dice, focal or tversky.")] = "dice_ce",
-    optimizer: Annotated[str, typer.Option(help="sgd (poly LR) or adamw (cosine LR).")] = "sgd",
+    optimizer: Annotated[str | None, typer.Option(help="sgd (poly LR) or adamw (cosine LR); default: AdamW on a "
+                                                       "CPU, SGD on a GPU.")] = None,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="Use this plan instead of planning.")] = None,
     patience: Annotated[int | None, typer.Option(help="Stop after N validations without improvement.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

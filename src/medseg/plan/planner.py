@@ -3,7 +3,8 @@
 nnU-Net sizes its networks for a 10 GB GPU; on a CPU that plan runs at about 12 s an iteration on the
 hippocampus set. medseg keeps nnU-Net's rules where they are about the data (target spacing with the
 anisotropy rule, patch covering the median case, pooling only along fine axes) and changes the ones about
-compute: on a CPU the widths start at 16 (not 32), the patch is capped by voxels, the batch is chosen by a
+compute: on a CPU 3D widths start at 8 and 2D at 16 (not 32), AdamW replaces SGD (see optimizer_for), the
+patch is capped by voxels, the batch is chosen by a
 voxel budget, and bf16 autocast is used where the CPU has native bf16.
 """
 
@@ -21,6 +22,8 @@ from medseg.plan.fingerprint import Fingerprint
 from medseg.plan.plan import ChannelNorm, Plan
 
 ANISOTROPY_RATIO = 3.0
+SGD_LR = 0.01
+ADAMW_LR = 3e-3
 MIN_FEATURE_MAP = 4
 
 
@@ -71,7 +74,7 @@ class Budget:
 
 
 BUDGETS = {
-    ("cpu", 3): Budget(max_patch_voxels=64**3, batch_voxels=160_000, base_features=16, max_features=256, max_stages=5),
+    ("cpu", 3): Budget(max_patch_voxels=64**3, batch_voxels=160_000, base_features=8, max_features=256, max_stages=5),
     ("cpu", 2): Budget(max_patch_voxels=512 * 512, batch_voxels=600_000, base_features=16, max_features=256,
                        max_stages=6),
     ("cuda", 3): Budget(max_patch_voxels=128**3, batch_voxels=2 * 128**3, base_features=32, max_features=320,
@@ -154,12 +157,26 @@ def estimate_training_bytes(patch: list[int], strides: list[list[int]], features
     return int(total * 4 * batch)
 
 
+def optimizer_for(machine: Machine, name: str | None = None) -> tuple[str, float]:
+    """Optimiser and base learning rate.
+
+    nnU-Net's SGD (momentum 0.99, LR 0.01) needs thousands of steps: its momentum alone averages over ~100 steps.
+    A CPU gets a few hundred steps in 5-15 minutes, and there SGD had not left the all-background solution after
+    100 steps on hippocampus (Dice 0.0), while AdamW at 3e-3 reached Dice 0.29 in the same 100 steps (0.0 at 1e-2).
+    """
+    name = name or ("adamw" if machine.kind == "cpu" else "sgd")
+    if name not in ("sgd", "adamw"):
+        raise MedsegError(f"unknown optimizer {name!r}", fix="use sgd or adamw")
+    return name, (ADAMW_LR if name == "adamw" else SGD_LR)
+
+
 def make_plan(
     fp: Fingerprint,
     dim: int | None = None,
     machine: Machine | None = None,
     model: str = "unet",
     loss: str = "dice_ce",
+    optimizer: str | None = None,
 ) -> Plan:
     """Plan preprocessing and network for this data set on this machine."""
     machine = machine or Machine.detect()
@@ -190,6 +207,7 @@ def make_plan(
         else:
             raise MedsegError("not enough memory for even the smallest plan", fix="free memory or use a bigger machine")
         notes.append("patch/batch reduced to fit memory")
+    optimizer_name, learning_rate = optimizer_for(machine, optimizer)
     mirror_axes = tuple(range(dim))
     augment = AugmentConfig(mirror_axes=mirror_axes)
     return Plan(
@@ -208,6 +226,8 @@ def make_plan(
         strides=[[int(s) for s in stride] for stride in strides],
         deep_supervision=model != "fcn",
         loss=loss,
+        optimizer=optimizer_name,
+        learning_rate=learning_rate,
         augment=json.loads(json.dumps(augment.to_dict())),  # JSON types, so a plan equals its reloaded copy
         precision="bf16" if machine.bf16 else "fp32",
         median_shape=[round(float(s), 2) for s in median_shape],

@@ -35,7 +35,7 @@ class TrainRequest:
     folds: int = 5
     model: str = "unet"
     loss: str = "dice_ce"
-    optimizer: str = "sgd"
+    optimizer: str | None = None  # None: the plan's choice (AdamW on CPU, SGD on GPU)
     plan_path: Path | None = None
     cache_root: Path | None = None
     workers: int | None = None
@@ -64,10 +64,7 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, dict[str, Any], Path, dict
         plan = Plan.load(request.plan_path)
     else:
         plan = make_plan(fingerprint, dim=request.dim, machine=Machine.detect(), model=request.model,
-                         loss=request.loss)
-        plan.optimizer = request.optimizer
-        if request.optimizer == "adamw":
-            plan.learning_rate = 1e-3
+                         loss=request.loss, optimizer=request.optimizer)
     plan.save(run / "plan.json")
     splits_path = run / "splits.json"
     splits = make_splits(dataset, folds=request.folds, seed=0)
