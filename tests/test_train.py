@@ -73,6 +73,10 @@ def test_tiny_training_writes_a_loadable_bundle(tmp_path, maker):
     # Measured on the held-out fold after training: post-processing steps and whether mirror TTA pays.
     post = json.loads((bundle / "postprocess.json").read_text())
     assert post["format"] == "medseg-postprocess" and post["decisions"]
+    summary = json.loads((run_dir := bundle.parent / "fold_0" / "validation" / "summary.json").read_text())
+    assert summary["cases"] == 2
+    assert set(summary["per_class"]) == {loaded.plan.labels[v] for v in loaded.plan.foreground_labels}
+    assert (run_dir.parent / "metrics.csv").read_text().startswith("case,prediction,reference,label")
     check = loaded.metrics["inference"]["tta_check"]["0"]
     assert check["cases"] == 2 and check["tta"] == (check["dice_tta"] > check["dice_plain"] + 0.002)
 

@@ -228,7 +228,9 @@ def predict(
     probabilities: Annotated[bool, typer.Option(help="Also save per-class probabilities.")] = False,
     uncertainty: Annotated[bool, typer.Option(help="Also save a voxel-wise uncertainty map (entropy).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="same (the input's; PNG for JPEG, NIfTI for DICOM), nii.gz, "
-                                                      "png, nrrd or mha.")] = "same",
+                                                      "png, nrrd, mha, or dicom-seg (DICOM inputs: a DICOM SEG "
+                                                      "referencing the source series).")] = "same",
+    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (needs `medseg export BUNDLE` first).")] = "torch",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Segment scans with a bundle; masks keep each input's format, size and geometry.
@@ -243,7 +245,7 @@ def predict(
 
     loaded = load_bundle(bundle)
     options = PredictOptions(tta=tta, overlap=None if step is None else 1.0 - step, postprocess=postprocess,
-                             probabilities=probabilities, uncertainty=uncertainty)
+                             probabilities=probabilities, uncertainty=uncertainty, backend=backend)
     with Progress(console=console, disable=no_progress, transient=True) as bar:
         task = bar.add_task("predicting", total=None)
 
@@ -259,6 +261,74 @@ def predict(
         console.print(f"[red]failed[/red] {failure['case']}: {failure['error']}", soft_wrap=True)
     if manifest["failed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle folder (RUN/bundle).")],
+    onnx: Annotated[Path | None, typer.Option("--onnx", "-o", help="ONNX file to write (OUT_fold_K.onnx when the "
+                                                                   "bundle has several folds; default: "
+                                                                   "BUNDLE/fold_K.onnx, which --backend onnxruntime "
+                                                                   "uses).")] = None,
+    fold: Annotated[list[str] | None, typer.Option("--fold", help="Export only this fold (repeatable).")] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX with torch logits.")] = True,
+    sample: Annotated[Path | None, typer.Option(help="Image to run the parity check on (default: random data).")]
+    = None,
+) -> None:
+    """Export each fold's network to ONNX (dynamic batch and spatial axes) and check it against torch.
+
+    Example: medseg export runs/hippo/bundle            (then: medseg predict ... --backend onnxruntime)
+    Example: medseg export runs/hippo/bundle --onnx hippo.onnx
+    """
+    from medseg.bundle import load_bundle
+    from medseg.export.onnx import export_onnx, parity_check
+
+    loaded = load_bundle(bundle)
+    paths = export_onnx(loaded, onnx, folds=fold or None)
+    for name, path in paths.items():
+        out.print(f"fold {name}: wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    if check:
+        data = None
+        if sample is not None:
+            from medseg.io import read_image
+            from medseg.preprocess import preprocess_image
+
+            data = preprocess_image(read_image(sample), loaded.plan)[0]
+        for result in parity_check(loaded, paths, data):
+            out.print(f"parity {result.line()}", markup=False, highlight=False)
+
+
+@app.command()
+def serve(
+    bundles: Annotated[list[Path], typer.Argument(help="One or more model bundle folders.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    token_file: Annotated[Path | None, typer.Option(help="File holding the API token (else MEDSEG_API_TOKEN).")]
+    = None,
+    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")] = "torch",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted (413 beyond).")] = 256,
+    timeout: Annotated[float, typer.Option(help="Seconds one case may take (504 beyond).")] = 300,
+    concurrency: Annotated[int, typer.Option(help="Cases segmented at once.")] = 1,
+    queue: Annotated[int, typer.Option(help="Cases allowed to wait (503 + Retry-After beyond).")] = 4,
+) -> None:
+    """Serve bundles over HTTP: upload a scan, get its mask (OpenAPI docs at /docs, metrics at /metrics).
+
+    Example: MEDSEG_API_TOKEN=secret medseg serve runs/hippo/bundle --host 0.0.0.0 --port 8000
+    Then: curl -H "Authorization: Bearer secret" -F file=@scan.nii.gz localhost:8000/v1/models/hippo/segment -o m.nii.gz
+    Without a token it listens on loopback addresses only.
+    """
+    import uvicorn
+
+    from medseg.serve import ServeConfig, check_bind, create_app, load_token
+
+    token = load_token(token_file)
+    check_bind(host, token)
+    config = ServeConfig(token=token, max_upload_bytes=int(max_upload_mb * 2**20), request_timeout_s=timeout,
+                         max_concurrency=concurrency, max_queue=queue, backend=backend)
+    api = create_app(bundles, config)
+    out.print(f"serving {', '.join(api.state.models)} on http://{host}:{port} (docs at /docs)"
+              f"{'' if token else '; no API token: loopback only'}", markup=False, highlight=False)
+    uvicorn.run(api, host=host, port=port, log_level="info")
 
 
 @app.command()

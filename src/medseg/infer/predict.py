@@ -49,6 +49,7 @@ class PredictOptions:
     probabilities: bool = False  # also return per-class probabilities on the input grid
     uncertainty: bool = False  # also return the normalised predictive entropy on the input grid
     folds: list[str] | None = None  # a subset of the bundle's folds
+    backend: str = "torch"  # "torch", or "onnxruntime" (runs the bundle's fold_K.onnx from `medseg export`)
 
 
 @dataclass
@@ -77,7 +78,14 @@ class Predictor:
         if missing:
             raise MedsegError(f"has no fold {', '.join(missing)} (it has {', '.join(bundle.folds)})", bundle.folder,
                               "choose folds the bundle holds")
-        self.models = bundle.load_models(folds)
+        if self.options.backend == "torch":
+            self.models = bundle.load_models(folds)
+        elif self.options.backend == "onnxruntime":
+            from medseg.infer.backend import load_onnx_models
+
+            self.models = load_onnx_models(bundle, folds)
+        else:
+            raise MedsegError(f"unknown backend {self.options.backend!r}", "--backend", "use torch or onnxruntime")
         self.tta = tta_default(bundle) if self.options.tta is None else self.options.tta
         self.overlap = self.plan.sliding_window_overlap if self.options.overlap is None else self.options.overlap
         path = bundle.folder / "postprocess.json"
@@ -232,6 +240,8 @@ def _test_list(root: Path) -> list[PredictInput]:
 
 def output_path(item: PredictInput, out_dir: Path, fmt: str = "same") -> Path:
     """Where the mask of ``item`` goes: the input's format, except lossless PNG for JPEG and NIfTI for DICOM."""
+    if fmt == "dicom-seg":
+        return out_dir / f"{item.case_id}.seg.dcm"
     if fmt != "same":
         return out_dir / f"{item.case_id}.{fmt.lstrip('.')}"
     first = item.files[0]
@@ -272,7 +282,8 @@ def predict_paths(
     manifest: dict[str, Any] = {
         "medseg_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
         "bundle": str(bundle.folder), "tta": predictor.tta, "overlap": predictor.overlap,
-        "postprocess": predictor.postprocess is not None, "folds": predictor.options.folds or bundle.folds,
+        "backend": predictor.options.backend, "postprocess": predictor.postprocess is not None,
+        "folds": predictor.options.folds or bundle.folds,
         "cases": [], "failed": [],
     }
     for index, item in enumerate(items):  # type: ignore[arg-type]
@@ -281,7 +292,7 @@ def predict_paths(
         try:
             image = load_case_image(Case(item.case_id, item.files))
             result = predictor.predict(image, item.files[0])
-            record = write_prediction(result, item, out_dir, fmt)
+            record = write_prediction(result, item, out_dir, fmt, bundle.plan.labels)
         except MedsegError as error:
             manifest["failed"].append({"case": item.case_id, "input": [str(f) for f in item.files],
                                        "error": error.message})
@@ -294,8 +305,23 @@ def predict_paths(
     return manifest
 
 
-def write_prediction(result: Prediction, item: PredictInput, out_dir: Path, fmt: str = "same") -> dict[str, Any]:
-    path = write_image(result.labels, output_path(item, out_dir, fmt))
+def write_prediction(result: Prediction, item: PredictInput, out_dir: Path, fmt: str = "same",
+                     names: dict[int, str] | None = None) -> dict[str, Any]:
+    """Write the mask (and side maps); ``fmt="dicom-seg"`` writes a DICOM SEG referencing a DICOM input series,
+    one segment per label of ``names``."""
+    if fmt == "dicom-seg":
+        source = item.files[0]
+        if not (source.is_dir() or image_suffix(source) == ".zip"):
+            raise MedsegError("is not a DICOM series folder or .zip: a DICOM SEG must reference one", source,
+                              "use --format same (or nii.gz) for other inputs")
+        from medseg.export.dicom_seg import write_dicom_seg
+
+        values = names or {int(v): f"label {v}" for v in np.unique(result.labels.array) if v != 0} or {1: "label 1"}
+        path = write_dicom_seg(result.labels.array, source, output_path(item, out_dir, fmt), values,
+                               sop_instance_uids=result.labels.meta.get("sop_instance_uids"),
+                               series_uid=result.labels.meta.get("series_instance_uid"))
+    else:
+        path = write_image(result.labels, output_path(item, out_dir, fmt))
     record: dict[str, Any] = {"case": item.case_id, "input": [str(f) for f in item.files], "output": str(path),
                               "seconds": round(result.seconds, 3), "volumes": result.volumes,
                               "shape": list(result.labels.shape[1:]), "spacing": list(result.labels.spacing)}

@@ -21,7 +21,7 @@ from medseg.io.atomic import write_text_atomic
 from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
 from medseg.postprocess import POSTPROCESS_FILE, save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
-from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, measure_tta
+from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, evaluate_fold, measure_tta
 from medseg.train.hooks import CurveHook, LogHook, ProgressHook
 from medseg.train.loop import TrainConfig, Trainer, is_main_process
 
@@ -117,6 +117,8 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
             write_bundle_fold(bundle, plan, fold, folder / "last.safetensors", metrics)
             if val_cases:
                 tta[fold] = measure_tta(trainer.model, plan, val_cases)
+                evaluate_fold(plan, trainer.final_predictions, {c.case_id: c for c in val_cases},
+                              folder / "validation")
                 pooled += trainer.final_predictions
                 held_out.update({c.case_id: c for c in val_cases})
     if is_main_process():

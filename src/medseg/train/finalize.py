@@ -8,13 +8,14 @@ step only where validation Dice improves). Both run on the network's grid, on th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from medseg.evaluate import dice_per_class
+from medseg.evaluate import EvaluationResult, dice_per_class, evaluate_case, write_evaluation
 from medseg.infer.sliding import predict_logits
 from medseg.plan import Plan
 from medseg.postprocess import PostprocessConfig, choose_postprocessing
@@ -53,3 +54,22 @@ def choose_for_folds(plan: Plan, predictions: list[tuple[str, np.ndarray]],
     """Post-processing chosen on the pooled final-validation predictions of every fold trained."""
     pairs = [(pred, np.asarray(cases[cid].seg), plan.target_spacing) for cid, pred in predictions if cid in cases]
     return choose_postprocessing(pairs, plan.labels)
+
+
+def evaluate_fold(plan: Plan, predictions: list[tuple[str, np.ndarray]], cases: dict[str, CachedCase],
+                  out_dir: Path) -> dict[str, Any]:
+    """Full metrics (Dice, HD95, ASSD, surface Dice, volumes) of the final validation, on the network's grid.
+
+    Writes ``metrics.csv`` and ``summary.json`` to ``out_dir`` and returns the summary. On the network grid the
+    spacing is the plan's target spacing; ``medseg evaluate`` on predicted files scores the original grid.
+    """
+    labels = {int(v): name for v, name in plan.labels.items()}
+    rows = []
+    for case_id, prediction in predictions:
+        source = f"fold validation, {case_id} (network grid)"
+        prefix = {"case": case_id, "prediction": source, "reference": source}
+        rows += [prefix | row for row in evaluate_case(prediction, np.asarray(cases[case_id].seg),
+                                                          plan.target_spacing, labels)]
+    result = EvaluationResult(rows, {v: n for v, n in labels.items() if v != 0}, plan.dim)
+    write_evaluation(result, out_dir)
+    return result.summary()

@@ -47,8 +47,8 @@ class TrainConfig:
     budget_s: float | None = None
     seed: int = 0
     patience: int | None = None  # validations without improvement before stopping early
-    validations: int = 10  # how many validations over the run (plus the final one)
-    max_val_cases: int = 24  # intermediate validations use at most this many cases; the final uses all
+    validations: int | None = None  # validations over the run, plus the final one; default: see validation_count
+    max_val_cases: int = 16  # intermediate validations use at most this many cases; the final uses all
     checkpoint_every_s: float = 120.0
     deterministic: bool = False
     resume: bool = False
@@ -123,6 +123,18 @@ class Trainer:
         if self.plan.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=self.plan.learning_rate, weight_decay=self.plan.weight_decay)
         raise MedsegError(f"unknown optimizer {self.plan.optimizer!r}", fix="use sgd or adamw")
+
+    def validation_count(self) -> int:
+        """Intermediate validations: as asked, else 10 for --epochs and one per 2.5 minutes of a budget (max 10).
+
+        Each costs forward passes over up to ``max_val_cases`` whole cases; in a 5-minute budget ten of them
+        would take a fifth of the time that should go to training.
+        """
+        if self.config.validations is not None:
+            return self.config.validations
+        if self.config.budget_s is None:
+            return 10
+        return int(min(10, max(1, self.config.budget_s // 150)))
 
     def learning_rate(self, progress: float) -> float:
         base = self.plan.learning_rate
@@ -236,6 +248,14 @@ class Trainer:
         self._step_progress = progress
         return progress >= 1.0 or early > 0
 
+    def _agreed_step_seconds(self, seconds: float) -> float:
+        """Under DDP every rank must take the same decision: all check the slowest rank's step time."""
+        if not dist.is_initialized():
+            return seconds
+        value = torch.tensor([seconds], dtype=torch.float64, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value.item())
+
     def _check_budget(self, step_seconds: float) -> None:
         """Refuse a budget that cannot train one epoch and validate once, naming the minimum."""
         if self.config.budget_s is None:
@@ -260,7 +280,7 @@ class Trainer:
         self._start_time = time.perf_counter()
         for hook in self.hooks:
             hook.on_start(self)
-        validate_every = 1.0 / max(self.config.validations, 1)
+        validate_every = 1.0 / max(self.validation_count(), 1)
         next_validation = (self.state.validations_done + 1) * validate_every
         last_checkpoint = time.perf_counter()
         # Steps timed to check the budget before it is trusted (a budget only; --epochs has nothing to check).
@@ -272,7 +292,7 @@ class Trainer:
             if self.state.step <= warmup:
                 warmup_times.append(time.perf_counter() - step_start)
                 if self.state.step == warmup:
-                    self._check_budget(float(np.median(warmup_times[1:])))
+                    self._check_budget(self._agreed_step_seconds(float(np.median(warmup_times[1:]))))
             record = {"step": self.state.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                       "elapsed_s": round(self.elapsed(), 2), "progress": self.progress()}
             for hook in self.hooks:

@@ -1,0 +1,5 @@
+"""The HTTP service: ``medseg serve BUNDLE`` (FastAPI). See :mod:`medseg.serve.app`."""
+
+from medseg.serve.app import ServeConfig, check_bind, create_app, load_token
+
+__all__ = ["ServeConfig", "check_bind", "create_app", "load_token"]

@@ -1,0 +1,219 @@
+"""The HTTP service with a real tiny bundle: every endpoint, auth, limits, bad uploads, concurrency, metrics."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from medseg.errors import MedsegError
+from medseg.io import Image, read_image, write_image
+from medseg.serve import ServeConfig, check_bind, create_app, load_token
+from medseg.serve import app as serve_app
+from synthetic import blob_case, make_3d_dataset
+from test_dicom import write_series
+from test_predict import _bundle
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def bundle_3d(tmp_path_factory) -> Path:
+    return _bundle(tmp_path_factory.mktemp("serve"), make_3d_dataset)
+
+
+@pytest.fixture(scope="module")
+def client(bundle_3d):
+    with TestClient(create_app([bundle_3d], ServeConfig(token=TOKEN))) as test_client:
+        yield test_client
+
+
+def _nifti(tmp_path: Path, offset: float = 300.0, channels: int = 1, shape=(16, 16, 16)) -> bytes:
+    image, _ = blob_case(np.random.default_rng(2), shape)
+    array = np.stack([image * 100 + offset] * channels)
+    path = tmp_path / f"scan{channels}.nii.gz"
+    write_image(Image.from_array(array, spacing=(1.0, 1.0, 1.5)), path)
+    return path.read_bytes()
+
+
+def _files(data: bytes, name: str = "scan.nii.gz") -> dict:
+    return {"file": (name, data, "application/octet-stream")}
+
+
+def _model(client) -> str:
+    return client.get("/v1/models", headers=AUTH).json()[0]["name"]
+
+
+def test_health_models_docs_and_auth(client):
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    models = client.get("/v1/models", headers=AUTH).json()
+    (model,) = models
+    assert model["name"] == "Blobs3D"  # the folder is called "bundle": the plan's data set name is used
+    assert model["labels"] == {"0": "background", "1": "small", "2": "bright"}
+    assert model["channels"]["count"] == 1 and model["dimension"] == 3 and model["version"]
+    assert "val_dice" in model["training"]["folds"]["0"]
+    assert model["drift_reference"] == "fingerprint.json"
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/models/{name}/segment", "/v1/models/{name}/jobs", "/v1/jobs/{job_id}/result"} <= set(paths)
+    assert client.post(f"/v1/models/{model['name']}/segment", files=_files(b"x")).status_code == 401
+    assert client.get("/v1/models/nope", headers=AUTH).status_code == 404
+
+
+def test_segment_returns_a_mask_on_the_input_grid_or_json(tmp_path, client):
+    name = _model(client)
+    data = _nifti(tmp_path)
+    response = client.post(f"/v1/models/{name}/segment", files=_files(data), headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-medseg-drift"] in ("true", "false")
+    (tmp_path / "mask.nii.gz").write_bytes(response.content)
+    mask, source = read_image(tmp_path / "mask.nii.gz"), read_image(tmp_path / "scan1.nii.gz")
+    assert mask.shape == source.shape and mask.same_geometry(source)
+    assert set(np.unique(mask.array)) <= {0, 1, 2}
+    body = client.post(f"/v1/models/{name}/segment?format=json&uncertainty=true", files=_files(data),
+                       headers=AUTH).json()
+    assert set(body["volumes"]) == {"small", "bright"} and body["volume_unit"] == "ml"
+    assert body["shape"] == [16, 16, 16] and body["drift"]["reference"] == "fingerprint.json"
+    assert 0.0 <= body["uncertainty"]["mean"] <= 1.0 and "fraction_above_0_5" in body["uncertainty"]
+    assert not list(client.app.state.root.iterdir())  # the upload's private folder is gone
+
+
+def test_dicom_zip_gives_nifti_and_bad_zips_are_named(tmp_path, client):
+    name = _model(client)
+    write_series(tmp_path / "series", n=4)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted((tmp_path / "series").iterdir()):
+            z.write(path, f"series/{path.name}")
+    response = client.post(f"/v1/models/{name}/segment", files=_files(archive.getvalue(), "ct.zip"), headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert 'filename="mask.nii.gz"' in response.headers["content-disposition"]
+    (tmp_path / "dicom_mask.nii.gz").write_bytes(response.content)
+    assert read_image(tmp_path / "dicom_mask.nii.gz").shape == (4, 6, 5)
+
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../etc/evil.dcm", b"DICM")
+    response = client.post(f"/v1/models/{name}/segment", files=_files(evil.getvalue(), "evil.zip"), headers=AUTH)
+    assert response.status_code == 400 and "unsafe path" in response.json()["detail"]
+
+    write_series(tmp_path / "two" / "a", n=2, series_uid="1.2.3.100")
+    write_series(tmp_path / "two" / "b", n=2, series_uid="1.2.3.200")
+    both = io.BytesIO()
+    with zipfile.ZipFile(both, "w") as z:
+        for path in sorted((tmp_path / "two").rglob("*.dcm")):
+            z.write(path, path.relative_to(tmp_path / "two").as_posix())
+    response = client.post(f"/v1/models/{name}/segment", files=_files(both.getvalue(), "two.zip"), headers=AUTH)
+    detail = response.json()["detail"]
+    assert response.status_code == 400 and "1.2.3.100" in detail and "1.2.3.200" in detail
+    assert str(client.app.state.root) not in detail  # no server paths in answers
+
+
+def test_bad_uploads_are_named(tmp_path, client):
+    name = _model(client)
+    url = f"/v1/models/{name}/segment"
+    corrupt = client.post(url, files=_files(b"not a nifti at all" * 10), headers=AUTH)
+    assert corrupt.status_code == 400 and "cannot read" in corrupt.json()["detail"]
+    two_channels = client.post(url, files=_files(_nifti(tmp_path, channels=2)), headers=AUTH)
+    assert two_channels.status_code == 422 and "2 channel(s)" in two_channels.json()["detail"]
+    png = tmp_path / "x.png"
+    write_image(Image.from_array(np.zeros((1, 8, 8), np.uint8)), png)
+    flat = client.post(url, files=_files(png.read_bytes(), "x.png"), headers=AUTH)
+    assert flat.status_code == 422 and "3D" in flat.json()["detail"]
+    assert client.post(url, files=_files(b"abc", "notes.txt"), headers=AUTH).status_code == 415
+    assert client.post(url, files=_files(b"", "empty.nii.gz"), headers=AUTH).status_code == 400
+    assert client.post("/v1/models/nope/segment", files=_files(b"abc"), headers=AUTH).status_code == 404
+
+
+def test_jobs_run_in_the_background(tmp_path, client):
+    name = _model(client)
+    submitted = client.post(f"/v1/models/{name}/jobs", files=_files(_nifti(tmp_path)), headers=AUTH)
+    assert submitted.status_code == 202
+    job_id = submitted.json()["id"]
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 401
+    deadline = time.time() + 60
+    while (status := client.get(f"/v1/jobs/{job_id}", headers=AUTH).json())["status"] not in ("done", "failed"):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert status["status"] == "done" and set(status["result"]["volumes"]) == {"small", "bright"}
+    result = client.get(f"/v1/jobs/{job_id}/result", headers=AUTH)
+    assert result.status_code == 200 and result.content[:2] == b"\x1f\x8b"  # gzip: a .nii.gz mask
+    assert client.get(f"/v1/jobs/{job_id}/result?format=json", headers=AUTH).json()["shape"] == [16, 16, 16]
+    assert client.get("/v1/jobs/unknown", headers=AUTH).status_code == 404
+
+
+def _drift_count(client, name: str) -> float:
+    line = f'medseg_input_drift_total{{model="{name}"}} '
+    return next((float(row[len(line):]) for row in client.get("/metrics").text.splitlines()
+                 if row.startswith(line)), 0.0)
+
+
+def test_drift_is_flagged_and_counted_in_metrics(tmp_path, client):
+    name = _model(client)
+    before = _drift_count(client, name)
+    body = client.post(f"/v1/models/{name}/segment?format=json", files=_files(_nifti(tmp_path, offset=1e5)),
+                       headers=AUTH).json()
+    assert body["drift"]["flag"] is True and "outside the training range" in body["drift"]["reasons"][0]
+    text = client.get("/metrics").text
+    for metric in ("medseg_requests_total", "medseg_request_seconds_bucket", "medseg_queue_depth",
+                   "medseg_model_load_seconds", "medseg_input_drift_total"):
+        assert metric in text
+    assert _drift_count(client, name) == before + 1
+    assert 'route="/v1/models/{name}/segment",status="200"' in text
+
+
+def test_size_limit_queue_limit_and_timeout(tmp_path, bundle_3d, monkeypatch):
+    config = ServeConfig(token=TOKEN, max_upload_bytes=2000, max_concurrency=1, max_queue=0, request_timeout_s=0.5)
+    gate = threading.Event()
+    real = serve_app.run_case
+
+    def slow(*args, **kwargs):
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serve_app, "run_case", slow)
+    with TestClient(create_app([bundle_3d], config)) as client:
+        name = _model(client)
+        url = f"/v1/models/{name}/segment"
+        big = client.post(url, files=_files(b"\0" * 5000), headers=AUTH)
+        assert big.status_code == 413 and "limit" in big.json()["detail"]
+        small = _nifti(tmp_path, shape=(8, 8, 8))
+        assert len(small) < 2000
+        job = client.post(f"/v1/models/{name}/jobs", files=_files(small), headers=AUTH)
+        assert job.status_code == 202  # takes the only slot, blocked on the gate
+        busy = client.post(url, files=_files(small), headers=AUTH)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "5"
+        assert "medseg_queue_depth" in client.get("/metrics").text
+        gate.set()
+        deadline = time.time() + 60
+        while client.get(f"/v1/jobs/{job.json()['id']}", headers=AUTH).json()["status"] != "done":
+            assert time.time() < deadline
+            time.sleep(0.05)
+        gate.clear()
+        timed_out = client.post(url, files=_files(small), headers=AUTH)
+        assert timed_out.status_code == 504
+        gate.set()
+
+
+def test_no_token_means_loopback_only(tmp_path, monkeypatch):
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    check_bind("0.0.0.0", "token")
+    with pytest.raises(MedsegError, match="without an API token"):
+        check_bind("0.0.0.0", None)
+    monkeypatch.setenv("MEDSEG_API_TOKEN", "from-env")
+    assert load_token() == "from-env"
+    (tmp_path / "token").write_text("from-file\n")
+    assert load_token(tmp_path / "token") == "from-file"
+    monkeypatch.delenv("MEDSEG_API_TOKEN")
+    assert load_token() is None
