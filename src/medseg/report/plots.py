@@ -57,12 +57,7 @@ def training_curves(steps: list[dict[str, Any]], validations: list[dict[str, Any
         ax_loss.plot(step, loss, color="tab:blue", alpha=0.3, lw=1)
         ax_loss.plot(step, _smooth(loss), color="tab:blue", lw=2, label="training loss (smoothed)")
         ax_loss.legend(loc="upper right", fontsize=8)
-    else:
-        ax_loss.text(0.5, 0.5, "no step records", ha="center", va="center", transform=ax_loss.transAxes)
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_title(f"{title}: training loss", fontsize=10)
-    ax_loss.grid(alpha=0.3)
+    _finish_step_axes(ax_loss, "loss", f"{title}: training loss", None if points else "no step records")
     if validations:
         vsteps = np.asarray([r.get("step", np.nan) for r in validations], dtype=float)
         classes = sorted({k for r in validations for k in r.get("val_dice", {})}, key=_label_key)
@@ -77,13 +72,19 @@ def training_curves(steps: list[dict[str, Any]], validations: list[dict[str, Any
             ax_dice.plot(vsteps[final], mean[final], "*", ms=14, color="gold", mec="black", label="final")
         ax_dice.set_ylim(0, 1.02)
         ax_dice.legend(loc="lower right", fontsize=8)
-    else:
-        ax_dice.text(0.5, 0.5, "no validation records", ha="center", va="center", transform=ax_dice.transAxes)
-    ax_dice.set_xlabel("step")
-    ax_dice.set_ylabel("validation Dice")
-    ax_dice.set_title(f"{title}: validation Dice", fontsize=10)
-    ax_dice.grid(alpha=0.3)
+    _finish_step_axes(ax_dice, "validation Dice", f"{title}: validation Dice",
+                      None if validations else "no validation records")
     return fig
+
+
+def _finish_step_axes(ax: Any, ylabel: str, title: str, empty_message: str | None) -> None:
+    """Axis labels, title and grid of a per-step panel; ``empty_message`` is written across an empty one."""
+    if empty_message:
+        ax.text(0.5, 0.5, empty_message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
 
 
 def metric_boxplots(values: dict[str, dict[str, list[float]]], titles: dict[str, str],
