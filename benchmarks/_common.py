@@ -20,7 +20,9 @@ def machine() -> dict:
     except (ValueError, OSError):
         memory = 0
     return {"cores": os.cpu_count(), "ram_gib": round(memory / 2**30, 1), "torch": torch.__version__,
-            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            # other work on the machine skews every figure: the 1-minute load average at the end says how much
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def data_set(name: str) -> Path:
@@ -31,5 +33,12 @@ def data_set(name: str) -> Path:
     return path
 
 
+RESULTS_LOG = Path(__file__).resolve().parent / "results.jsonl"
+
+
 def emit(name: str, figures: dict) -> None:
-    print(json.dumps({"benchmark": name, **figures, "machine": machine()}))
+    """Print the result as one JSON line and append it to results.jsonl (the history behind results.md)."""
+    line = json.dumps({"benchmark": name, **figures, "machine": machine()})
+    print(line)
+    with RESULTS_LOG.open("a") as log:
+        log.write(line + "\n")

@@ -1,4 +1,6 @@
-"""Training throughput on MSD Hippocampus with the planned 3D network: samples/s and % of fp32 matmul peak.
+"""Training throughput with the planned network: samples/s and % of fp32 matmul peak, fp32 and bf16 autocast.
+
+Usage: python benchmarks/train_throughput.py [--dataset msd_hippocampus|jsrt_scr|drive]
 
 FLOPs of a step are counted by torch's FlopCounterMode (forward + backward); the peak is measured here with a
 2048x2048 fp32 matmul, so the fraction is relative to this machine, not a datasheet.
@@ -6,6 +8,7 @@ FLOPs of a step are counted by torch's FlopCounterMode (forward + backward); the
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -17,6 +20,7 @@ from medseg.infer.sliding import autocast_context
 from medseg.losses import build_loss
 from medseg.models import build_network
 from medseg.plan import fingerprint_from_report, make_plan
+from medseg.runtime import keep_freed_memory
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -38,13 +42,17 @@ def step_flops(model, loss, x, y, precision) -> float:
 
 
 if __name__ == "__main__":
-    root = data_set("msd_hippocampus")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="msd_hippocampus")
+    args = parser.parse_args()
+    keep_freed_memory()  # as the trainer does
+    root = data_set(args.dataset)
     plan = make_plan(fingerprint_from_report(check_dataset(discover_dataset(root))))
     results = {}
     for precision in ("fp32", "bf16"):
         model = build_network(plan).train()
         loss = build_loss(plan.loss, num_classes=plan.num_classes)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True)
+        opt = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate)
         x = torch.randn(plan.batch_size, plan.channels, *plan.patch_size)
         y = torch.randint(0, plan.num_classes, (plan.batch_size, 1, *plan.patch_size))
         flops = step_flops(model, loss, x, y, precision)
@@ -67,5 +75,6 @@ if __name__ == "__main__":
     peak = matmul_peak()
     for r in results.values():
         r["fraction_of_fp32_matmul_peak"] = round(r["achieved_gflops"] * 1e9 / peak, 3)
-    emit("train_throughput", {"patch": plan.patch_size, "batch": plan.batch_size, "features": plan.features,
+    emit("train_throughput", {"dataset": args.dataset, "threads": torch.get_num_threads(),
+                              "patch": plan.patch_size, "batch": plan.batch_size, "features": plan.features,
                               "fp32_matmul_peak_gflops": round(peak / 1e9, 1), **results})

@@ -21,3 +21,22 @@ def shared(name: str) -> Path:
 @pytest.fixture
 def hippocampus() -> Path:
     return shared("msd_hippocampus")
+
+
+# Tiny trained bundles, trained once per test session and shared read-only by the predict, export, serve and
+# viewer tests (a test that changes a bundle copies it first). Training one costs tens of seconds here.
+@pytest.fixture(scope="session")
+def bundle_3d(tmp_path_factory) -> Path:
+    from synthetic import make_3d_dataset
+    from test_predict import _bundle
+
+    return _bundle(tmp_path_factory.mktemp("bundle3d"), make_3d_dataset)
+
+
+@pytest.fixture(scope="session")
+def bundle_2d(tmp_path_factory) -> Path:
+    from synthetic import make_2d_dataset
+    from test_predict import _bundle
+
+    # 128-pixel images give a 128-pixel patch: a 512x512 X-ray is then 49 windows (961 with 32 pixels)
+    return _bundle(tmp_path_factory.mktemp("bundle2d"), lambda folder: make_2d_dataset(folder, shape=(128, 128)))

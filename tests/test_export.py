@@ -15,17 +15,12 @@ from medseg.export.onnx import export_onnx, onnx_paths, parity_check
 from medseg.infer.predict import PredictOptions, Predictor
 from medseg.io import read_image, write_image
 from medseg.preprocess import preprocess_image
-from synthetic import blob_case, make_3d_dataset
-from test_predict import _bundle, run_cli
+from synthetic import blob_case
+from test_predict import run_cli
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIPPOCAMPUS = SHARED / "msd_hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
 LIVER = SHARED / "dicom_ct_liver_seg"
-
-
-@pytest.fixture(scope="module")
-def bundle_3d(tmp_path_factory) -> Path:
-    return _bundle(tmp_path_factory.mktemp("onnx"), make_3d_dataset)
 
 
 def _sample_case(plan) -> np.ndarray:

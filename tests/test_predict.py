@@ -18,7 +18,7 @@ from medseg.infer import restore
 from medseg.infer.predict import PredictOptions, Predictor, collect_inputs, predict_paths
 from medseg.io import Image, read_image, write_image
 from medseg.train import TrainConfig, TrainRequest, train
-from synthetic import blob_case, make_2d_dataset, make_3d_dataset
+from synthetic import blob_case, make_3d_dataset
 from test_train import tiny_plan
 
 
@@ -28,16 +28,6 @@ def _bundle(root: Path, maker) -> Path:
                            cache_root=root / "cache", workers=1, progress_bar=False, folds=3)
     torch.set_num_threads(1)
     return train(request, TrainConfig(epochs=1, steps_per_epoch=2, validations=1))
-
-
-@pytest.fixture(scope="module")
-def bundle_3d(tmp_path_factory) -> Path:
-    return _bundle(tmp_path_factory.mktemp("b3"), make_3d_dataset)
-
-
-@pytest.fixture(scope="module")
-def bundle_2d(tmp_path_factory) -> Path:
-    return _bundle(tmp_path_factory.mktemp("b2"), make_2d_dataset)
 
 
 def run_cli(*args: str) -> int:

@@ -16,17 +16,11 @@ from medseg.errors import MedsegError
 from medseg.io import Image, read_image, write_image
 from medseg.serve import ServeConfig, check_bind, create_app, load_token
 from medseg.serve import app as serve_app
-from synthetic import blob_case, make_3d_dataset
+from synthetic import blob_case
 from test_dicom import write_series
-from test_predict import _bundle
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def bundle_3d(tmp_path_factory) -> Path:
-    return _bundle(tmp_path_factory.mktemp("serve"), make_3d_dataset)
 
 
 @pytest.fixture(scope="module")

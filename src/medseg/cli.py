@@ -310,6 +310,7 @@ def serve(
     timeout: Annotated[float, typer.Option(help="Seconds one case may take (504 beyond).")] = 300,
     concurrency: Annotated[int, typer.Option(help="Cases segmented at once.")] = 1,
     queue: Annotated[int, typer.Option(help="Cases allowed to wait (503 + Retry-After beyond).")] = 4,
+    examples: Annotated[Path | None, typer.Option(help="Folder of scans the web viewer offers by name.")] = None,
 ) -> None:
     """Serve bundles over HTTP: upload a scan, get its mask (OpenAPI docs at /docs, metrics at /metrics).
 
@@ -324,9 +325,9 @@ def serve(
     token = load_token(token_file)
     check_bind(host, token)
     config = ServeConfig(token=token, max_upload_bytes=int(max_upload_mb * 2**20), request_timeout_s=timeout,
-                         max_concurrency=concurrency, max_queue=queue, backend=backend)
+                         max_concurrency=concurrency, max_queue=queue, backend=backend, examples=examples)
     api = create_app(bundles, config)
-    out.print(f"serving {', '.join(api.state.models)} on http://{host}:{port} (docs at /docs)"
+    out.print(f"serving {', '.join(api.state.models)} on http://{host}:{port} (viewer at /, docs at /docs)"
               f"{'' if token else '; no API token: loopback only'}", markup=False, highlight=False)
     uvicorn.run(api, host=host, port=port, log_level="info")
 

@@ -5,6 +5,10 @@
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/models/{name}/segment`` (multipart ``file``; the
 mask in the input's format, NIfTI for DICOM, or JSON with ``?format=json``), ``POST /v1/models/{name}/jobs`` +
 ``GET /v1/jobs/{id}`` + ``GET /v1/jobs/{id}/result``, ``GET /metrics`` (Prometheus), OpenAPI at ``/docs``.
+The web viewer: ``GET /`` (files in ``static/``), fed by ``POST /v1/models/{name}/view`` (the segmentation plus a
+display copy of scan, labels and uncertainty; see :mod:`medseg.serve.viewer`) and ``GET /v1/views/{id}/mask``.
+``GET /v1/examples`` lists the scans in the admin's ``--examples`` folder; ``segment``, ``jobs`` and ``view`` take
+``?example=NAME`` instead of an upload (a name from that listing, never a path).
 
 Safety: ``/v1`` needs ``Authorization: Bearer <token>`` when a token is set (compared with
 ``hmac.compare_digest``); uploads over ``max_upload_bytes`` get 413; at most ``max_concurrency`` cases run and
@@ -36,8 +40,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from medseg import __version__
@@ -46,6 +51,7 @@ from medseg.errors import MedsegError
 from medseg.infer.predict import LOSSY_SUFFIXES, PredictOptions, Predictor
 from medseg.io import image_suffix, read_image, write_image
 from medseg.serve.drift import DriftReference
+from medseg.serve.viewer import ViewCache, examples_folder, list_examples, view_payload
 
 log = logging.getLogger("medseg.serve")
 
@@ -54,6 +60,11 @@ UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", 
 MEDIA_TYPES = {".nii.gz": "application/gzip", ".nii": "application/octet-stream", ".png": "image/png",
                ".tif": "image/tiff", ".tiff": "image/tiff"}
 CHUNK = 1 << 20
+STATIC = Path(__file__).with_name("static")
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                                           "base-uri 'none'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+PRIVATE = {"Cache-Control": "no-store"}  # answers holding patient data
 
 
 @dataclass
@@ -67,6 +78,9 @@ class ServeConfig:
     job_ttl_s: float = 3600.0  # finished jobs (and their result files) are kept this long
     backend: str = "torch"
     tta: bool | None = None
+    examples: str | Path | None = None  # a folder of scans the viewer offers by name (``--examples``)
+    view_ttl_s: float = 900.0  # a viewer's mask stays downloadable this long
+    view_cache_size: int = 16  # masks kept for download at most (oldest dropped first)
 
 
 def load_token(token_file: str | Path | None = None) -> str | None:
@@ -130,6 +144,7 @@ class CaseResult:
     body: dict[str, Any]  # the JSON answer
     mask: bytes
     suffix: str
+    view: dict[str, Any] | None = None  # the viewer's display copy (``/view`` only)
 
 
 @dataclass
@@ -230,8 +245,9 @@ def _uncertainty_summary(uncertainty: np.ndarray, labels: np.ndarray) -> dict[st
             "fraction_above_0_5": round(float((uncertainty > 0.5).mean()), 6)}
 
 
-def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool) -> CaseResult:
-    """Read, check, segment and encode one uploaded scan (runs in a worker thread)."""
+def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view: bool = False) -> CaseResult:
+    """Read, check, segment and encode one uploaded scan (runs in a worker thread); with ``view``, also the
+    viewer's display copy of scan, labels and uncertainty."""
     try:
         image = read_image(upload)
     except MedsegError as error:
@@ -254,7 +270,13 @@ def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool) -> Ca
         body["uncertainty"] = _uncertainty_summary(result.uncertainty.array[0], labels)
     mask_suffix = _mask_suffix(suffix)
     out = write_image(result.labels, upload.parent / f"mask{mask_suffix}")
-    return CaseResult(body, out.read_bytes(), mask_suffix)
+    shown = None
+    if view:
+        plan = served.bundle.plan
+        modality = "ct" if any(n.scheme == "ct" for n in plan.normalization) else "other"
+        shown = view_payload(image, labels, None if result.uncertainty is None else result.uncertainty.array[0],
+                             plan.labels, modality)
+    return CaseResult(body, out.read_bytes(), mask_suffix, shown)
 
 
 def _with_options(predictor: Predictor, **changes: Any) -> Predictor:
@@ -282,18 +304,28 @@ def create_app(bundles: Sequence[str | Path], config: ServeConfig | None = None)
     admission = Admission(config.max_concurrency, config.max_queue)
     executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="medseg-case")
     jobs: dict[str, Job] = {}
+    examples = examples_folder(config.examples)
+    views = ViewCache(config.view_ttl_s, config.view_cache_size)
     root = Path(tempfile.mkdtemp(prefix="medseg-serve-"))  # 0700: only this user reads uploads
+
+    async def sweep_views() -> None:  # expired masks go even when no one asks for anything
+        while True:
+            await asyncio.sleep(min(30.0, max(config.view_ttl_s, 0.1)))
+            views.prune()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(sweep_views())
         yield
+        sweeper.cancel()
+        views.clear()
         executor.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(root, ignore_errors=True)
 
     app = FastAPI(title="medseg", version=__version__, lifespan=lifespan,
                   description="Medical image segmentation service: upload a scan, get its mask.")
     app.state.models, app.state.jobs, app.state.config, app.state.metrics = models, jobs, config, metrics
-    app.state.admission, app.state.root = admission, root
+    app.state.admission, app.state.root, app.state.views = admission, root, views
     bearer = HTTPBearer(auto_error=False)
 
     def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -349,8 +381,26 @@ def create_app(bundles: Sequence[str | Path], config: ServeConfig | None = None)
             raise
         return path, suffix
 
+    async def take_input(file: UploadFile | None, example: str | None) -> tuple[Path, str]:
+        """The scan to segment, in its own private folder: the upload, or a copy of the named example."""
+        if (file is None) == (example is None):
+            raise ClientError(400, "send either a scan (multipart 'file') or '?example=NAME' (see /v1/examples)")
+        if file is not None:
+            return await save_upload(file)
+        found = list_examples(examples, UPLOAD_SUFFIXES).get(str(example))
+        if found is None:
+            raise ClientError(404, "no such example: choose a name listed by /v1/examples")
+        suffix = image_suffix(found.name)
+        work = Path(tempfile.mkdtemp(prefix="case-", dir=root))
+        try:
+            await asyncio.to_thread(shutil.copyfile, found, work / f"upload{suffix}")
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return work / f"upload{suffix}", suffix
+
     def admit(served: Served, path: Path, suffix: str, uncertainty: bool,
-              on_start: Callable[[], None] | None = None) -> Future:
+              on_start: Callable[[], None] | None = None, view: bool = False) -> Future:
         if not admission.try_acquire():
             shutil.rmtree(path.parent, ignore_errors=True)
             raise HTTPException(503, "busy: too many scans queued, retry later",
@@ -363,7 +413,7 @@ def create_app(bundles: Sequence[str | Path], config: ServeConfig | None = None)
             if on_start is not None:
                 on_start()
             try:
-                result = run_case(served, path, suffix, uncertainty)
+                result = run_case(served, path, suffix, uncertainty, **({"view": True} if view else {}))
             except ClientError:
                 metrics.cases.labels(served.name, "rejected").inc()
                 raise
@@ -411,34 +461,72 @@ def create_app(bundles: Sequence[str | Path], config: ServeConfig | None = None)
     @app.post("/v1/models/{name}/segment", tags=["segment"], dependencies=[Depends(authorize)],
               responses={200: {"content": {"application/gzip": {}, "image/png": {}, "application/json": {}},
                                "description": "the mask (the input's format; NIfTI for DICOM) or JSON"}})
-    async def segment(name: str, file: UploadFile = File(..., description="NIfTI, PNG/JPEG/TIFF, or a .zip of "
-                                                                           "one DICOM series"),
+    async def segment(name: str, file: UploadFile | None = File(None, description="NIfTI, PNG/JPEG/TIFF, or a "
+                                                                                  ".zip of one DICOM series"),
                       format: str = Query("file", pattern="^(file|json)$", description="file: the mask; json: "
                                           "volumes per label and the drift check"),
-                      uncertainty: bool = Query(False, description="add an uncertainty summary (JSON)")) -> Response:
+                      uncertainty: bool = Query(False, description="add an uncertainty summary (JSON)"),
+                      example: str | None = Query(None, description="segment this file of /v1/examples instead "
+                                                                    "of an upload")) -> Response:
         """Segment one scan and answer with its mask, or with JSON volumes (``?format=json``)."""
+        return answer(await segment_now(name, file, example, uncertainty), format == "json")
+
+    async def segment_now(name: str, file: UploadFile | None, example: str | None, uncertainty: bool,
+                          view: bool = False) -> CaseResult:
         served = get_model(name)
         try:
-            path, suffix = await save_upload(file)
+            path, suffix = await take_input(file, example)
         except ClientError as error:
             raise client_error(error) from None
-        future = admit(served, path, suffix, uncertainty)
+        future = admit(served, path, suffix, uncertainty, view=view)
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=config.request_timeout_s)
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=config.request_timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(504, f"segmentation took longer than {config.request_timeout_s:g} s") from None
         except ClientError as error:
             raise client_error(error) from None
-        return answer(result, format == "json")
+
+    @app.post("/v1/models/{name}/view", tags=["viewer"], dependencies=[Depends(authorize)])
+    async def view(name: str, file: UploadFile | None = File(None, description="as for segment"),
+                   uncertainty: bool = Query(False, description="add the uncertainty map"),
+                   example: str | None = Query(None, description="a file of /v1/examples instead of an upload")
+                   ) -> JSONResponse:
+        """Segment one scan for the web viewer: the JSON answer of segment (volumes from the full-resolution
+        labels), a display copy (``view``: scan channels as base64 little-endian int16 with slope/intercept,
+        labels, uncertainty as uint8, legend) and ``mask_url``, where the mask in the input's format can be
+        fetched until ``expires_s`` seconds have passed."""
+        result = await segment_now(name, file, example, uncertainty, view=True)
+        key = views.put(result.mask, result.suffix)
+        return JSONResponse({"result": result.body, "view": result.view, "mask_url": f"/v1/views/{key}/mask",
+                             "mask_filename": f"mask{result.suffix}", "expires_s": config.view_ttl_s},
+                            headers=PRIVATE)
+
+    @app.get("/v1/views/{key}/mask", tags=["viewer"], dependencies=[Depends(authorize)])
+    def view_mask(key: str) -> Response:
+        """The mask of a viewer's result, in the input's format (NIfTI for DICOM), while it has not expired."""
+        stored = views.get(key)
+        if stored is None:
+            raise HTTPException(404, f"this result has expired (results are kept {config.view_ttl_s:g} s): "
+                                     "segment the scan again")
+        return Response(stored.mask, media_type=MEDIA_TYPES.get(stored.suffix, "application/octet-stream"),
+                        headers=PRIVATE | {"Content-Disposition": f'attachment; filename="mask{stored.suffix}"'})
+
+    @app.get("/v1/examples", tags=["viewer"], dependencies=[Depends(authorize)])
+    def examples_list() -> dict[str, Any]:
+        """The scans in the admin's example folder (``--examples``), by name; empty when none is configured."""
+        listing = list_examples(examples, UPLOAD_SUFFIXES)
+        return {"examples": [{"name": n, "bytes": p.stat().st_size} for n, p in listing.items()]}
 
     @app.post("/v1/models/{name}/jobs", tags=["jobs"], status_code=202, dependencies=[Depends(authorize)])
-    async def submit_job(name: str, file: UploadFile = File(...), format: str = Query("file", pattern="^(file|json)$"),
-                         uncertainty: bool = Query(False)) -> dict[str, Any]:
+    async def submit_job(name: str, file: UploadFile | None = File(None),
+                         format: str = Query("file", pattern="^(file|json)$"), uncertainty: bool = Query(False),
+                         example: str | None = Query(None, description="a file of /v1/examples instead of an upload")
+                         ) -> dict[str, Any]:
         """Queue one scan; poll ``GET /v1/jobs/{id}``, then fetch ``/v1/jobs/{id}/result``."""
         served = get_model(name)
         _prune_jobs()
         try:
-            path, suffix = await save_upload(file)
+            path, suffix = await take_input(file, example)
         except ClientError as error:
             raise client_error(error) from None
         job = Job(uuid.uuid4().hex, served.name, format == "json")
@@ -488,6 +576,13 @@ def create_app(bundles: Sequence[str | Path], config: ServeConfig | None = None)
             raise HTTPException(409, f"job {job_id} is {job.status}; poll /v1/jobs/{job_id}",
                                 headers={"Retry-After": str(config.retry_after_s)})
         return answer(job.result, job.want_json if format is None else format == "json")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        """The web viewer (no patient data in it: everything comes through the authorised API)."""
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/metrics", tags=["service"], include_in_schema=False)
     def prometheus() -> Response:
