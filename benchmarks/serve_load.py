@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import secrets
+import signal
 import socket
 import statistics
 import subprocess
@@ -70,6 +71,7 @@ if __name__ == "__main__":
         [str(medseg), "serve", str(args.bundle), "--port", str(port), "--backend", args.backend,
          "--queue", str(2 * args.clients)],
         env={**os.environ, "MEDSEG_API_TOKEN": token}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout's SIGTERM still stops the service below
     try:
         startup = wait_ready(url, service)
         headers = {"Authorization": f"Bearer {token}"}
