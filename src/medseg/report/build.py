@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from medseg import __version__
+from medseg.colours import label_colour
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.plan import Plan
 from medseg.report import html
 from medseg.report.html import Raw, esc, fmt, fmt_shape, kv_table, missing, section, table
 from medseg.report.overlay import CaseScore, ImageFinder, case_overlay, pick_cases
-from medseg.report.plots import file_data_uri, label_colour, metric_boxplots, png_data_uri, training_curves
+from medseg.report.plots import file_data_uri, metric_boxplots, png_data_uri, training_curves
 
 METRICS = ("dice", "iou", "precision", "recall", "f1", "hd95_mm", "assd_mm", "nsd", "volume_pred", "volume_ref",
            "volume_error")

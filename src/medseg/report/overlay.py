@@ -12,9 +12,10 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from medseg.colours import label_colour
 from medseg.errors import MedsegError
 from medseg.io import Image, read_image
-from medseg.report.plots import label_colour, new_figure
+from medseg.report.plots import new_figure
 
 MAX_PIXELS = 320  # longest side of a displayed view, after downsampling
 

@@ -10,14 +10,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#ffe119",
-           "#469990", "#9a6324", "#800000", "#808000", "#000075"]
+from medseg.colours import label_colour
+
 DPI = 80
-
-
-def label_colour(value: int) -> str:
-    """One fixed colour per label value (label 1 red, 2 green, 3 blue, ...)."""
-    return PALETTE[(max(int(value), 1) - 1) % len(PALETTE)]
 
 
 def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:

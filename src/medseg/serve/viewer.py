@@ -22,19 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from medseg.colours import label_colour
 from medseg.errors import MedsegError
 from medseg.io import Image, image_suffix
 
 MAX_VIEW_SIDE = 1024  # a display copy larger than this on any axis is subsampled
 MAX_VIEW_VOXELS = 2**24  # ... or larger than this in all
-PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-           "#fabed4", "#469990", "#dcbeff", "#9a6324", "#fffac8", "#800000", "#aaffc3", "#808000", "#ffd8b1")
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._- ")
-
-
-def label_colour(value: int) -> str:
-    """The viewer's colour of label ``value`` (>= 1), as ``#rrggbb``."""
-    return PALETTE[(value - 1) % len(PALETTE)]
 
 
 def legend(labels: dict[int, str]) -> list[dict[str, Any]]:
