@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -175,17 +174,14 @@ def test_stratified_split_balances_prefixes(tmp_path):
 # ---- real data -------------------------------------------------------------------------------------------
 
 
-def test_real_hippocampus_checks_clean_and_fast(hippocampus):
-    start = time.perf_counter()
+def test_real_hippocampus_checks_clean(hippocampus):
     report = check_dataset(discover_dataset(hippocampus))
-    seconds = time.perf_counter() - start
     assert report.ok, lines(report)
     summary = report.summary()
     assert summary["cases"] == 260 and summary["readable_cases"] == 260
     assert set(summary["labels"]) == {"0", "1", "2"}
     assert summary["labels"]["1"]["name"] == "Anterior" and summary["labels"]["2"]["cases_containing"] == 260
     assert summary["split"] == {"train": 208, "test": 52}
-    assert seconds < 60  # the target (30 s) is measured by benchmarks/check_speed.py; this only catches a hang
 
 
 def test_real_hippocampus_copy_with_damaged_labels_names_both(hippocampus, tmp_path):

@@ -206,7 +206,7 @@ class Service:
 
     def __enter__(self) -> Service:
         self.thread.start()
-        deadline = time.time() + 30
+        deadline = time.time() + 120
         while not self.server.started:
             assert time.time() < deadline and self.thread.is_alive(), "uvicorn did not start"
             time.sleep(0.05)
@@ -244,7 +244,7 @@ def _segment(page, model: str, generation: int, file: Path | None = None, exampl
     if example is not None:
         page.locator("#example").select_option(example)
     page.locator("#run").click()
-    page.wait_for_selector(f"#canvas[data-generation='{generation}']", timeout=60_000)
+    page.wait_for_selector(f"#canvas[data-generation='{generation}']", timeout=300_000)
 
 
 def _shown_volumes(page) -> dict[str, float]:
@@ -271,7 +271,7 @@ def test_viewer_end_to_end_in_chromium(tmp_path, bundles):
     artefacts = _artefacts(tmp_path)
     app = create_app([bundles[3], bundles[2]], ServeConfig(token=TOKEN, examples=folder, tta=False))
     with Service(app) as service, sync_playwright() as playwright, httpx.Client(base_url=service.url, headers=AUTH,
-                                                                                  timeout=60) as api:
+                                                                                  timeout=300) as api:
         models = {m["dimension"]: m["name"] for m in api.get("/v1/models").json()}
 
         def reference(path: Path, model: str) -> tuple[dict, Image]:
@@ -284,8 +284,11 @@ def test_viewer_end_to_end_in_chromium(tmp_path, bundles):
 
         browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu",
                                                                                  "--disable-dev-shm-usage"])
+        # Generous limits: they catch a hang, not slowness (a loaded 2-core CI machine segments slowly).
+        context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+        context.set_default_timeout(180_000)
         try:
-            desktop = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+            desktop = context.new_page()
             errors: list[str] = []
             desktop.on("pageerror", lambda error: errors.append(str(error)))
             _log_in(desktop, service.url, TOKEN)
@@ -361,7 +364,9 @@ def test_viewer_end_to_end_in_chromium(tmp_path, bundles):
             desktop.screenshot(path=str(artefacts / "viewer_3d_390x844.png"), full_page=True)
 
             # a wrong token: a message in plain words, not a blank page
-            wrong = browser.new_page(viewport={"width": 1280, "height": 800})
+            stranger = browser.new_context(viewport={"width": 1280, "height": 800})  # nothing shared with desktop
+            stranger.set_default_timeout(180_000)
+            wrong = stranger.new_page()
             _log_in(wrong, service.url, "not-the-token")
             message = wrong.locator("#error")
             message.wait_for(state="visible")

@@ -337,5 +337,6 @@ class Trainer:
             for hook in self.hooks:
                 hook.on_end(self)
         metrics = metrics | {"steps": self.state.step, "elapsed_s": round(self.elapsed(), 2),
-                             "stopped_early": self.state.stopped_early}
+                             "stopped_early": self.state.stopped_early,
+                             "processes": dist.get_world_size() if dist.is_initialized() else 1}
         return metrics
