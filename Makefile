@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Let Python cache compiled bytecode (.pyc) in the venv. Some CI images set PYTHONDONTWRITEBYTECODE=1; with pip's
+# --no-compile below that made every Python process (pytest, each DDP rank, each CLI call) compile torch's, MONAI's
+# and SciPy's sources afresh: minutes per process on a loaded 2-core machine. Modules are compiled on first import.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install test lint demo bench clean
 
