@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Sasha Trubetskoy's 20 distinct colours, in an order that puts the strongest first (label 1 red, 2 green, 3 blue).
+# 19 of Sasha Trubetskoy's distinct colours (no grey, white or black), strongest first: label 1 red, 2 green, 3 blue.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#ffe119",
            "#469990", "#9a6324", "#800000", "#808000", "#000075", "#fabed4", "#dcbeff", "#fffac8", "#aaffc3",
            "#ffd8b1")

@@ -75,8 +75,8 @@ class Budget:
 
 BUDGETS = {
     ("cpu", 3): Budget(max_patch_voxels=64**3, batch_voxels=160_000, base_features=8, max_features=256, max_stages=5),
-    # 2D on CPU: a 512x512 patch with widths up to 256 took 19 s a step on JSRT here (about 50 steps in 15 minutes);
-    # a 256x256 patch with widths up to 128 does about a quarter of the work per sample.
+    # 2D on CPU: a 512x512 patch (batch 2, widths up to 256) took 19 s a step on JSRT here, and the budget check refused
+    # 15 minutes; a 256x256 patch (batch 4, widths up to 128) took 10-17 s a step, about 3 s a sample instead of 9.
     ("cpu", 2): Budget(max_patch_voxels=256 * 256, batch_voxels=4 * 256 * 256, base_features=16, max_features=128,
                        max_stages=6),
     ("cuda", 3): Budget(max_patch_voxels=128**3, batch_voxels=2 * 128**3, base_features=32, max_features=320,
