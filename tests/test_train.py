@@ -194,7 +194,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="DDP with gloo is exercised on Linux")
-@pytest.mark.timeout(1200)  # three torch imports and two trainings share two cores: minutes on a loaded CI machine
+@pytest.mark.timeout(1200)  # two torch imports and two trainings share two cores: minutes on a loaded CI machine
 def test_ddp_two_processes_write_one_bundle(tmp_path):
     """Two ranks of ``python -m medseg train`` with the environment torchrun gives them (env:// rendezvous, gloo).
 
