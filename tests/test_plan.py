@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from medseg.data import check_dataset, discover_dataset
+from medseg.data.check import boundary_counts
 from medseg.errors import MedsegError
 from medseg.plan import Fingerprint, Machine, Plan, fingerprint_from_report, make_plan
+from medseg.plan.fingerprint import ChannelIntensity
 from medseg.plan.planner import estimate_training_bytes
 from synthetic import make_2d_dataset, make_3d_dataset
+
+from conftest import shared
 
 CPU = Machine("cpu", cores=2, memory_bytes=24 << 30, bf16=True)
 
@@ -84,3 +90,66 @@ def test_gpu_plans_keep_nnunet_sgd_and_an_explicit_choice_wins(tmp_path):
     assert make_plan(fp, machine=CPU, optimizer="sgd").optimizer == "sgd"
     with pytest.raises(MedsegError, match="unknown optimizer"):
         make_plan(fp, machine=CPU, optimizer="lbfgs")
+
+
+def test_boundary_counts_measure_depth_of_squares_and_strips():
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2:12, 2:12] = 1  # a 10x10 square: its 36 rim pixels touch the background
+    labels[15:17, 2:12] = 2  # a strip 2 wide: every one of its 20 pixels is on the boundary
+    counts = boundary_counts(labels)
+    assert counts[1] == 36 and counts[2] == 20
+    assert counts[0] == 40 + 24  # the ring around the square (40) and around the strip (2 * 10 + 2 * 2)
+    volume = np.zeros((6, 6, 6), np.uint8)
+    volume[1:5, 1:5, 1:5] = 1  # a 4^3 cube: 56 of its 64 voxels are on its surface
+    assert boundary_counts(volume)[1] == 64 - 8
+
+
+def _xray_fingerprint(depth: dict[int, float], shape=(512, 512), spacing=(1.0, 1.0)) -> Fingerprint:
+    return Fingerprint(
+        dataset_name="xr", dim=2, channels=1, channel_names={}, labels={0: "background", 1: "organ"},
+        num_cases=100, spacings=[list(spacing)] * 100, shapes=[list(shape)] * 100,
+        intensities=[ChannelIntensity(100, 50, 0, 255, 0, 255)], class_voxels_median={1: 20000.0},
+        class_depth_mm_median=depth)
+
+
+def test_cpu_plans_coarsen_thick_structures_but_never_thin_ones():
+    thick = make_plan(_xray_fingerprint({0: 80.0, 1: 40.0}), machine=CPU)
+    assert thick.target_spacing == [4.0, 4.0] and thick.patch_size == [128, 128]  # the whole image in one patch
+    assert "coarser" in " ".join(thick.notes)
+    # capped by the thinnest label: 8 mm deep stays 4 voxels deep at 2 mm
+    assert make_plan(_xray_fingerprint({0: 80.0, 1: 8.0}), machine=CPU).target_spacing == [2.0, 2.0]
+    # vessels two pixels deep keep the native grid; so does a GPU plan, and a fingerprint without depths
+    assert make_plan(_xray_fingerprint({0: 80.0, 1: 1.9}), machine=CPU).target_spacing == [1.0, 1.0]
+    gpu = Machine("cuda", cores=8, memory_bytes=40 << 30, bf16=True)
+    assert make_plan(_xray_fingerprint({0: 80.0, 1: 40.0}), machine=gpu).target_spacing == [1.0, 1.0]
+    assert make_plan(_xray_fingerprint({}), machine=CPU).target_spacing == [1.0, 1.0]
+    # a small image already fits: unchanged
+    small = make_plan(_xray_fingerprint({0: 80.0, 1: 40.0}, shape=(96, 96)), machine=CPU)
+    assert small.target_spacing == [1.0, 1.0]
+    # anisotropic 3D: only the fine axes are raised, the coarse one stays
+    fp3 = dataclasses.replace(_xray_fingerprint({0: 80.0, 1: 40.0}), dim=3, spacings=[[5.0, 0.8, 0.8]] * 100,
+                              shapes=[[30, 512, 512]] * 100)
+    spacing = make_plan(fp3, machine=CPU).target_spacing
+    assert spacing[0] == 5.0 and 0.8 < spacing[1] == spacing[2] <= 5.0
+
+
+def test_real_drive_vessels_keep_native_resolution():
+    """DRIVE's vessels are one or two pixels deep: coarsening would erase them, so the plan must not."""
+    dataset = discover_dataset(shared("drive"))
+    dataset = dataclasses.replace(dataset, cases=dataset.cases[:6])
+    fp = fingerprint_from_report(check_dataset(dataset, workers=1))
+    assert fp.class_depth_mm_median[1] < 4.0 < fp.class_depth_mm_median[0]
+    assert make_plan(fp, machine=CPU).target_spacing == [1.0, 1.0]
+
+
+def test_labels_told_apart_by_side_are_not_mirrored_across_it(tmp_path):
+    # a chest X-ray: right lung on the image's left, left lung on its right, heart in the middle
+    xray = dataclasses.replace(_xray_fingerprint({0: 80.0, 1: 40.0}), labels={0: "bg", 1: "r", 2: "l", 3: "heart"},
+                               class_centroid_median={0: [0.5, 0.5], 1: [0.45, 0.28], 2: [0.45, 0.72],
+                                                      3: [0.6, 0.55]})
+    plan = make_plan(xray, machine=CPU)
+    assert plan.mirror_axes == (0,) and plan.augment["mirror_axes"] == [0]
+    assert "not mirrored along axes [1]" in " ".join(plan.notes)
+    assert Plan.from_dict(json.loads(plan.to_json())).mirror_axes == (0,)
+    # blobs anywhere: every axis mirrored, as nnU-Net does
+    assert make_plan(fingerprint(make_2d_dataset(tmp_path / "ds")), machine=CPU).mirror_axes == (0, 1)

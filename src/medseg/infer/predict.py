@@ -105,7 +105,7 @@ class Predictor:
 
     def logits(self, data: torch.Tensor) -> torch.Tensor:
         """Mean logits over folds (and mirror copies) for one preprocessed case."""
-        mirror = tuple(range(self.plan.dim)) if self.tta else ()
+        mirror = self.plan.mirror_axes if self.tta else ()
         total = None
         for model in self.models:
             logits = predict_logits(model, data, self.plan.patch_size, overlap=self.overlap, mirror_axes=mirror,

@@ -35,6 +35,11 @@ class Fingerprint:
     intensities: list[ChannelIntensity]
     class_voxels_median: dict[int, float] = field(default_factory=dict)
     integer_images: bool = False
+    # per label (background included), median over cases of voxels / boundary voxels times the finest spacing:
+    # about half the structure's thickness in mm (see medseg.data.check.boundary_counts)
+    class_depth_mm_median: dict[int, float] = field(default_factory=dict)
+    # per label, median over cases of its centre of mass per axis (fraction of the extent, array order)
+    class_centroid_median: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def median_spacing(self) -> list[float]:
@@ -49,6 +54,8 @@ class Fingerprint:
         data["channel_names"] = {str(k): v for k, v in self.channel_names.items()}
         data["labels"] = {str(k): v for k, v in self.labels.items()}
         data["class_voxels_median"] = {str(k): v for k, v in self.class_voxels_median.items()}
+        data["class_depth_mm_median"] = {str(k): v for k, v in self.class_depth_mm_median.items()}
+        data["class_centroid_median"] = {str(k): v for k, v in self.class_centroid_median.items()}
         return data
 
     @classmethod
@@ -57,6 +64,8 @@ class Fingerprint:
         data["channel_names"] = {int(k): v for k, v in data["channel_names"].items()}
         data["labels"] = {int(k): v for k, v in data["labels"].items()}
         data["class_voxels_median"] = {int(k): v for k, v in data.get("class_voxels_median", {}).items()}
+        data["class_depth_mm_median"] = {int(k): v for k, v in data.get("class_depth_mm_median", {}).items()}
+        data["class_centroid_median"] = {int(k): v for k, v in data.get("class_centroid_median", {}).items()}
         data["intensities"] = [ChannelIntensity(**c) for c in data["intensities"]]
         return cls(**data)
 
@@ -80,6 +89,14 @@ def fingerprint_from_report(report: CheckReport) -> Fingerprint:
     class_voxels = {
         v: float(np.median([s.label_counts.get(v, 0) for s in stats])) for v in labels if v != 0
     }
+    depth = {}
+    for v in labels:
+        ratios = [s.label_counts[v] / s.label_boundary[v] * min(s.spacing) for s in stats
+                  if s.label_counts.get(v, 0) > 0 and s.label_boundary.get(v, 0) > 0]
+        if ratios:
+            depth[v] = float(np.median(ratios))
+    centroid = {v: np.median([s.label_centroid[v] for s in stats if v in s.label_centroid], axis=0).tolist()
+                for v in labels if any(v in s.label_centroid for s in stats)}
     return Fingerprint(
         dataset_name=report.dataset.name or report.dataset.root.name,
         dim=stats[0].dim,
@@ -91,4 +108,6 @@ def fingerprint_from_report(report: CheckReport) -> Fingerprint:
         shapes=[list(s.shape) for s in stats],
         intensities=intensities,
         class_voxels_median=class_voxels,
+        class_depth_mm_median=depth,
+        class_centroid_median=centroid,
     )

@@ -73,6 +73,12 @@ class Plan:
     def foreground_labels(self) -> list[int]:
         return [v for v in sorted(self.labels) if v != 0]
 
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """Spatial axes mirrored in training, hence the only ones test-time augmentation may mirror."""
+        axes = self.augment.get("mirror_axes")
+        return tuple(range(self.dim)) if axes is None else tuple(int(a) for a in axes)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["channel_names"] = {str(k): v for k, v in self.channel_names.items()}

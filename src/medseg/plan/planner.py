@@ -22,6 +22,13 @@ from medseg.plan.fingerprint import Fingerprint
 from medseg.plan.plan import ChannelNorm, Plan
 
 ANISOTROPY_RATIO = 3.0
+# Coarsening (CPU only): the median image is brought down towards COARSE_FIT voxels, but every label keeps at
+# least MIN_DEPTH_VOXELS of depth (about half its thickness; see Fingerprint.class_depth_mm_median).
+COARSE_FIT = {2: 128 * 128, 3: 64**3}
+MIN_DEPTH_VOXELS = 4.0
+# Labels whose centres lie on opposite sides of an axis, each at least this far from the middle (as a fraction
+# of the extent), are told apart by side: mirroring along that axis would teach the network to confuse them.
+SIDED_MARGIN = 0.1
 SGD_LR = 0.01
 ADAMW_LR = 3e-3
 MIN_FEATURE_MAP = 4
@@ -97,6 +104,51 @@ def target_spacing(fp: Fingerprint) -> list[float]:
             shape[worst] * ANISOTROPY_RATIO < min(shape[others]):
         target[worst] = max(np.percentile(spacings[:, worst], 10), max(target[others]))
     return [float(round(s, 6)) for s in target]
+
+
+def coarsened_spacing(fp: Fingerprint, spacing: list[float], machine: Machine) -> tuple[list[float], float]:
+    """The spacing a CPU plan trains at, so that one patch sees the whole median image; and the factor used.
+
+    nnU-Net trains 2D at native resolution; on a 2-core CPU a 512x512 chest X-ray then costs 10-17 s a step and
+    15 minutes buy about 60 steps (JSRT: Dice 0.2). Lungs and heart are 30+ pixels deep at 512x512, so at
+    128x128 they are still well resolved while a step costs a sixteenth. Axes finer than ``finest * factor``
+    are raised to it (coarse axes of anisotropic data stay as they are) until the median image has at most
+    ``COARSE_FIT`` voxels. The factor is capped so the thinnest label (background included: thin membranes
+    between thick cells count too) stays ``MIN_DEPTH_VOXELS`` deep, so vessels one or two pixels wide keep their
+    native resolution. Unchanged on GPU, for thin structures, or when no depth is known.
+    """
+    if machine.kind != "cpu" or not fp.class_depth_mm_median:
+        return list(spacing), 1.0
+    finest = min(spacing)
+    extent = np.median(np.asarray(fp.shapes) * np.asarray(fp.spacings), axis=0)  # mm
+    cap = min(fp.class_depth_mm_median.values()) / (MIN_DEPTH_VOXELS * finest)
+
+    def fits(factor: float) -> bool:
+        return np.prod(extent / np.maximum(spacing, finest * factor)) <= COARSE_FIT[len(spacing)] * 1.0001
+
+    if cap <= 1.0 or fits(1.0):
+        return list(spacing), 1.0
+    low, high = 1.0, cap  # bisection: the smallest factor that fits, or the cap
+    if fits(cap):
+        for _ in range(40):
+            low, high = (low, (low + high) / 2) if fits((low + high) / 2) else ((low + high) / 2, high)
+    factor = round(high, 3)
+    return [float(round(max(s, finest * factor), 6)) for s in spacing], factor
+
+
+def mirror_axes(fp: Fingerprint, dim: int) -> tuple[int, ...]:
+    """Axes safe to mirror in augmentation and test-time augmentation.
+
+    nnU-Net mirrors every axis. A chest X-ray's right and left lung (or any left/right pair) are told apart by
+    side: mirrored left-right, the right lung looks like the left one but keeps its label. Where two foreground
+    labels lie on opposite sides of an axis (centres beyond ``SIDED_MARGIN`` of the middle, in the median case),
+    that axis is not mirrored.
+    """
+    centres = [c for v, c in fp.class_centroid_median.items() if v != 0 and len(c) == dim]
+    low = {axis for axis in range(dim) if any(c[axis] < 0.5 - SIDED_MARGIN for c in centres)}
+    high = {axis for axis in range(dim) if any(c[axis] > 0.5 + SIDED_MARGIN for c in centres)}
+    sided = low & high
+    return tuple(axis for axis in range(dim) if axis not in sided)
 
 
 def channel_normalization(fp: Fingerprint) -> list[ChannelNorm]:
@@ -189,12 +241,16 @@ def make_plan(
         raise MedsegError("2D networks on 3D volumes are not supported yet", fix="use --dim 3d for 3D data")
     budget = BUDGETS[(machine.kind, dim)]
     spacing = target_spacing(fp)
+    notes = []
+    spacing, coarsen = coarsened_spacing(fp, spacing, machine)
+    if coarsen > 1.0:
+        notes.append(f"trained {coarsen:.2f}x coarser than the median spacing: the thinnest label stays at least "
+                     f"{MIN_DEPTH_VOXELS:g} voxels deep and a patch sees the whole median image on this CPU")
     median_shape = (np.median(np.asarray(fp.shapes) * np.asarray(fp.spacings), axis=0) / np.asarray(spacing))
     patch, strides = patch_size(median_shape.tolist(), spacing, budget)
     features = [min(budget.base_features * 2**i, budget.max_features) for i in range(len(strides) + 1)]
     batch = int(np.clip(round(budget.batch_voxels / np.prod(patch)), 2, 32))
     batch = max(2, min(batch, max(2, int(0.05 * fp.num_cases * np.prod(median_shape) / np.prod(patch)) or 2)))
-    notes = []
     available = machine.memory_bytes * 0.4
     while estimate_training_bytes(patch, strides, features, batch) > available:
         if batch > 2:
@@ -210,8 +266,11 @@ def make_plan(
             raise MedsegError("not enough memory for even the smallest plan", fix="free memory or use a bigger machine")
         notes.append("patch/batch reduced to fit memory")
     optimizer_name, learning_rate = optimizer_for(machine, optimizer)
-    mirror_axes = tuple(range(dim))
-    augment = AugmentConfig(mirror_axes=mirror_axes)
+    mirrored = mirror_axes(fp, dim)
+    if len(mirrored) < dim:
+        notes.append(f"not mirrored along axes {sorted(set(range(dim)) - set(mirrored))} (array order): labels there "
+                     "are told apart by side")
+    augment = AugmentConfig(mirror_axes=mirrored)
     return Plan(
         dataset_name=fp.dataset_name,
         dim=dim,

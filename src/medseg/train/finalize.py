@@ -38,7 +38,9 @@ def measure_tta(model: nn.Module, plan: Plan, cases: list[CachedCase]) -> dict[s
     """Dice and seconds a case with and without mirror TTA on up to ``TTA_CASES`` validation cases."""
     cases = cases[:TTA_CASES]
     result: dict[str, Any] = {"cases": len(cases)}
-    for name, axes in (("plain", ()), ("tta", tuple(range(plan.dim)))):
+    if not plan.mirror_axes:  # nothing may be mirrored (labels told apart by side): no TTA to measure
+        return result | {"tta": False}
+    for name, axes in (("plain", ()), ("tta", plan.mirror_axes)):
         start = time.perf_counter()
         predictions = [predict_logits(model, torch.from_numpy(np.array(c.data)), plan.patch_size,
                                       overlap=plan.sliding_window_overlap, mirror_axes=axes,
