@@ -81,6 +81,7 @@ def test_real_hippocampus_plan_matches_the_median_case(hippocampus):
     assert plan.target_spacing == [1.0, 1.0, 1.0] and plan.features[0] == 8
     assert (plan.optimizer, plan.learning_rate) == ("adamw", 3e-3)  # a CPU budget is a few hundred steps
     assert plan.labels == {0: "background", 1: "Anterior", 2: "Posterior"}
+    assert plan.mirror_axes == (0, 2)  # anterior and posterior lie on opposite sides of axis 1
 
 
 def test_gpu_plans_keep_nnunet_sgd_and_an_explicit_choice_wins(tmp_path):
