@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from medseg.data.dataset import Case, Dataset, Problem, load_case_image, load_case_label
 from medseg.errors import MedsegError
@@ -116,19 +117,9 @@ def analyse_case(case: Case, declared_labels: tuple[int, ...]) -> tuple[CaseStat
 
 def centroids(labels: np.ndarray, values: list[int]) -> dict[int, list[float]]:
     """Per label, its centre of mass along each axis as a fraction of the extent (0 first voxel, 1 last)."""
-    out: dict[int, list[float]] = {}
-    for value in values:
-        mask = labels == value
-        total = mask.sum()
-        if not total:
-            continue
-        position = []
-        for axis in range(labels.ndim):
-            profile = mask.sum(axis=tuple(a for a in range(labels.ndim) if a != axis))
-            extent = max(labels.shape[axis] - 1, 1)
-            position.append(float(np.dot(profile, np.arange(labels.shape[axis])) / total / extent))
-        out[value] = position
-    return out
+    extent = np.maximum(np.asarray(labels.shape, np.float64) - 1, 1)
+    centres = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, values)
+    return {v: (np.asarray(c) / extent).tolist() for v, c in zip(values, centres) if np.all(np.isfinite(c))}
 
 
 def boundary_counts(labels: np.ndarray) -> dict[int, int]:
