@@ -84,20 +84,40 @@ def test_bf16_autocast_on_cpu(name):
     assert torch.isfinite(out.float()).all()
 
 
-def test_dynunet_heads_only_in_train_mode_and_not_kept():
-    model = make("unet", 2, deep_supervision=True)
-    x = torch.randn(1, 2, 32, 32)
-    model.train()(x)
-    assert all(h.numel() == 0 for h in model.heads)  # references dropped after the call
-    model.eval()
+@pytest.mark.parametrize("res_block", [False, True])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_unet_is_monai_dynunet_with_native_resolution_heads(res_block, spatial_dims):
+    """Same parameter names and outputs as MONAI's DynUNet, so its bundles load and behave the same."""
+    from monai.networks.nets import DynUNet
+
+    ours = make("resunet" if res_block else "unet", spatial_dims, deep_supervision=True)
+    strides = [(1,) * spatial_dims] + [(2,) * spatial_dims] * (len(FEATURES) - 1)
+    theirs = DynUNet(spatial_dims, 2, 3, kernel_size=[3] * len(FEATURES), strides=strides,
+                     upsample_kernel_size=strides[1:], filters=list(FEATURES), norm_name=("INSTANCE", {"affine": True}),
+                     act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}), deep_supervision=True,
+                     deep_supr_num=len(FEATURES) - 2, res_block=res_block)
+    state = ours.state_dict()
+    assert set(state) == {k for k in theirs.state_dict() if not k.startswith("skip_layers.")}
+    theirs.load_state_dict(state, strict=False)  # skip_layers.* are the same tensors under second names
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]  # optimiser order
+    x = torch.randn(2, 2, *(32,) * spatial_dims)
     with torch.no_grad():
-        model(x)
-    assert all(layer.heads is None for layer in model._head_layers)
-    model.train()
-    assert all(layer.heads is model.heads for layer in model._head_layers)
-    twin = copy.deepcopy(model)  # e.g. an EMA copy: its layers must fill its own heads list
-    assert all(layer.heads is twin.heads for layer in twin._head_layers)
+        torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), rtol=1e-4, atol=1e-5)
+        heads = ours.train()(x)
+        full = theirs.train()(x)[:, 0]
+    torch.testing.assert_close(heads[0], full, rtol=1e-4, atol=1e-5)
+    for ours_head, their_head in zip(heads[1:], theirs.heads, strict=True):  # DynUNet keeps them unscaled here
+        torch.testing.assert_close(ours_head, their_head, rtol=1e-4, atol=1e-5)
+    assert [h.shape[-1] for h in heads] == [32, 16]
+
+
+def test_deep_supervision_copy_is_independent():
+    model = make("unet", 2, deep_supervision=True).train()
+    twin = copy.deepcopy(model)  # e.g. an EMA copy
+    x = torch.randn(1, 2, 32, 32)
     assert [o.shape[-1] for o in twin(x)] == [32, 16]
+    with torch.no_grad():
+        assert isinstance(model.eval()(x), torch.Tensor)
 
 
 def test_input_not_divisible_is_a_clear_error():

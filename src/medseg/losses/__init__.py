@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import FocalLoss, TverskyLoss
 from torch import Tensor, nn
 
 from medseg.errors import MedsegError
@@ -81,9 +80,14 @@ def _base_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
         return _ce
     if name == "dice":
         return _soft_dice
+    # MONAI imported here, not at the top: importing it costs more start-up time than torch (models/blocks.py)
     if name == "focal":
+        from monai.losses import FocalLoss
+
         return FocalLoss(include_background=True, to_onehot_y=True, gamma=2.0, use_softmax=True)
     if name == "tversky":
+        from monai.losses import TverskyLoss
+
         return TverskyLoss(
             include_background=False, to_onehot_y=True, softmax=True, alpha=0.3, beta=0.7, batch=True
         )

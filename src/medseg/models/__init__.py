@@ -6,8 +6,8 @@ Built with ``deep_supervision=True``, in ``train()`` mode it returns a list of l
 at their own resolutions, ``len(features) - 1`` of them (every decoder level; the bottleneck gets no head).
 
 =============  ==============================================================================================
-``unet``       nnU-Net's plain U-Net (MONAI DynUNet): 2x conv-norm-LeakyReLU per stage, strided-conv
-               downsampling, transposed-conv upsampling.
+``unet``       nnU-Net's plain U-Net (MONAI DynUNet's layout in own code; blocks.py says why): 2x
+               conv-norm-LeakyReLU per stage, strided-conv downsampling, transposed-conv upsampling.
 ``resunet``    the same with residual blocks (DynUNet ``res_block=True``) in encoder and bottleneck.
 ``fcn``        fully convolutional network: U-Net encoder, no skip concatenation, per-stage 1x1 class scores
                fused by linear upsampling (FCN-8s style, down to full resolution). Cheapest decoder.
@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from medseg.errors import MedsegError
-from medseg.models._common import NORM_NAMES, check_features, norm_spec, normalise_strides
+from medseg.models._common import check_features, normalise_strides
+from medseg.models.blocks import NORM_NAMES, norm_layer
 from medseg.models.fcn import FCN
 from medseg.models.resnet_unet import ResNetUNet
-from medseg.models.unet import NativeDSDynUNet
+from medseg.models.unet import UNet
 
 if TYPE_CHECKING:
     from medseg.plan import Plan
@@ -38,15 +39,15 @@ __all__ = [
     "FCN",
     "MODEL_NAMES",
     "NORM_NAMES",
-    "NativeDSDynUNet",
     "ResNetUNet",
+    "UNet",
     "build_model",
     "count_parameters",
 ]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "unet": lambda **kw: NativeDSDynUNet(res_block=False, **kw),
-    "resunet": lambda **kw: NativeDSDynUNet(res_block=True, **kw),
+    "unet": lambda **kw: UNet(res_block=False, **kw),
+    "resunet": lambda **kw: UNet(res_block=True, **kw),
     "fcn": FCN,
     "resnet_unet": ResNetUNet,
 }
@@ -87,7 +88,7 @@ def build_model(
     if int(in_channels) < 1 or int(num_classes) < 1:
         raise MedsegError(f"in_channels and num_classes must be >= 1, got {in_channels} and {num_classes}")
     widths = check_features(features)
-    norm_spec(norm)  # validates the name
+    norm_layer(norm, spatial_dims, 1)  # validates the name before building
     return _BUILDERS[name](
         spatial_dims=spatial_dims,
         in_channels=int(in_channels),

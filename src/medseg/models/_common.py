@@ -1,4 +1,4 @@
-"""Shared pieces of the segmentation networks: argument checks, norm/activation specs, weight init."""
+"""Shared argument checks of the segmentation networks: widths, strides, input shapes."""
 
 from __future__ import annotations
 
@@ -7,30 +7,10 @@ import numbers
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import DynUNet
-from torch import nn
 
 from medseg.errors import MedsegError
 
-# LeakyReLU(0.01) as in nnU-Net; in place saves one activation-sized buffer per block.
-ACT = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
-
-# Affine instance norm is nnU-Net's default; batch norm is there for large-batch 2D work.
-NORMS: dict[str, tuple[str, dict]] = {
-    "instance": ("INSTANCE", {"affine": True}),
-    "batch": ("BATCH", {}),
-}
-NORM_NAMES: tuple[str, ...] = tuple(NORMS)
-
 Strides = list[tuple[int, ...]]
-
-
-def norm_spec(norm: str) -> tuple[str, dict]:
-    """MONAI ``norm_name`` for one of :data:`NORM_NAMES`."""
-    if norm not in NORMS:
-        raise MedsegError(f"unknown normalisation {norm!r}", fix=f"use one of: {', '.join(NORM_NAMES)}")
-    name, args = NORMS[norm]
-    return name, dict(args)
 
 
 def check_features(features: Sequence[int]) -> tuple[int, ...]:
@@ -94,8 +74,3 @@ def check_input(x: torch.Tensor, in_channels: int, divisor: tuple[int, ...]) -> 
             f"spatial size {tuple(x.shape[2:])} is not divisible by {divisor} (the product of the strides); "
             "pad the input first"
         )
-
-
-def init_weights(module: nn.Module) -> None:
-    """He (Kaiming) init for LeakyReLU(0.01) convolutions, zero biases: the same as DynUNet / nnU-Net."""
-    module.apply(DynUNet.initialize_weights)

@@ -1,7 +1,7 @@
 """A fully convolutional network (FCN-8s style skip fusion), 2D or 3D.
 
-Own module: MONAI's ``FCN`` is 2D only and needs a torchvision ResNet-50 backbone. This one reuses MONAI's
-U-Net encoder blocks and replaces the U-Net decoder by 1x1 class-score convolutions fused by (bi/tri)linear
+Own module: MONAI's ``FCN`` is 2D only and needs a torchvision ResNet-50 backbone. This one reuses the
+U-Net's encoder blocks and replaces the U-Net decoder by 1x1 class-score convolutions fused by (bi/tri)linear
 upsampling, so the decoder is almost free: the cheapest network in the registry.
 """
 
@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock
 from torch import nn
 
-from medseg.models._common import ACT, Strides, check_input, init_weights, norm_spec, size_divisor
+from medseg.models._common import Strides, check_input, size_divisor
+from medseg.models.blocks import BasicBlock, OutBlock, init_weights
 
 
 class FCN(nn.Module):
@@ -40,7 +40,6 @@ class FCN(nn.Module):
         norm: str,
     ) -> None:
         super().__init__()
-        norm_name = norm_spec(norm)
         self.in_channels = in_channels
         self.deep_supervision = deep_supervision
         self.size_divisor = size_divisor(strides, spatial_dims)
@@ -48,10 +47,10 @@ class FCN(nn.Module):
         all_strides = [(1,) * spatial_dims, *strides]
         widths_in = [in_channels, *features[:-1]]
         self.encoder = nn.ModuleList(
-            UnetBasicBlock(spatial_dims, c_in, c_out, 3, s, norm_name, ACT)
+            BasicBlock(spatial_dims, c_in, c_out, s, norm)
             for c_in, c_out, s in zip(widths_in, features, all_strides)
         )
-        self.scores = nn.ModuleList(UnetOutBlock(spatial_dims, c, num_classes) for c in features)
+        self.scores = nn.ModuleList(OutBlock(spatial_dims, c, num_classes) for c in features)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

@@ -1,9 +1,9 @@
 """U-Net with a ResNet-style encoder (BasicBlocks), 2D or 3D, randomly initialised.
 
-Own module, assembled from MONAI's DynUNet blocks: MONAI's ``FlexibleUNet``/ResNet encoders fix the channel
-widths (64..512) and use a 7x7 stride-2 stem plus max-pool, which ignores ``features``/``strides`` and loses
-full-resolution detail. ``UnetResBlock`` is exactly a ResNet BasicBlock (conv-norm-act-conv-norm, 1x1
-projection shortcut when the shape changes, act after the sum).
+Own module, assembled from the U-Net's blocks (:mod:`medseg.models.blocks`): MONAI's ``FlexibleUNet``/ResNet
+encoders fix the channel widths (64..512) and use a 7x7 stride-2 stem plus max-pool, which ignores
+``features``/``strides`` and loses full-resolution detail. ``ResBlock`` is exactly a ResNet BasicBlock
+(conv-norm-act-conv-norm, 1x1 projection shortcut when the shape changes, act after the sum).
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock, get_conv_layer
-from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-from medseg.models._common import ACT, Strides, check_input, init_weights, norm_spec, size_divisor
+from medseg.models._common import Strides, check_input, size_divisor
+from medseg.models.blocks import OutBlock, ResBlock, UpBlock, activation, conv_layer, init_weights, norm_layer
 
 
 class ResNetUNet(nn.Module):
@@ -44,34 +43,31 @@ class ResNetUNet(nn.Module):
         blocks = tuple(blocks_per_stage) if blocks_per_stage is not None else (1,) + (2,) * (depth - 1)
         if len(blocks) != depth or min(blocks) < 1:
             raise ValueError(f"blocks_per_stage needs {depth} positive ints, got {blocks}")
-        norm_name = norm_spec(norm)
         self.in_channels = in_channels
         self.deep_supervision = deep_supervision
         self.size_divisor = size_divisor(strides, spatial_dims)
         all_strides = [(1,) * spatial_dims, *strides]
 
         self.stem = nn.Sequential(
-            get_conv_layer(
-                spatial_dims, in_channels, features[0], 3, 1, act=None, norm=None, conv_only=False
-            ),
-            get_norm_layer(norm_name, spatial_dims, features[0]),
-            get_act_layer(ACT),
+            conv_layer(spatial_dims, in_channels, features[0], 3, 1),
+            norm_layer(norm, spatial_dims, features[0]),
+            activation(),
         )
         stages = []
         for i, (width, stride, n) in enumerate(zip(features, all_strides, blocks)):
             c_in = features[max(i - 1, 0)]
-            stage = [UnetResBlock(spatial_dims, c_in, width, 3, stride, norm_name, ACT)]
-            stage += [UnetResBlock(spatial_dims, width, width, 3, 1, norm_name, ACT) for _ in range(n - 1)]
+            stage = [ResBlock(spatial_dims, c_in, width, stride, norm)]
+            stage += [ResBlock(spatial_dims, width, width, 1, norm) for _ in range(n - 1)]
             stages.append(nn.Sequential(*stage))
         self.stages = nn.ModuleList(stages)
         # ups[i] takes level i+1 up to level i
         self.ups = nn.ModuleList(
-            UnetUpBlock(spatial_dims, features[i + 1], features[i], 3, 1, strides[i], norm_name, ACT)
+            UpBlock(spatial_dims, features[i + 1], features[i], strides[i], norm)
             for i in range(depth - 1)
         )
         n_heads = depth - 1 if deep_supervision else 1
         self.heads = nn.ModuleList(
-            UnetOutBlock(spatial_dims, features[i], num_classes) for i in range(n_heads)
+            OutBlock(spatial_dims, features[i], num_classes) for i in range(n_heads)
         )
         init_weights(self)
 

@@ -1,30 +1,28 @@
-"""Plain and residual U-Nets: MONAI's DynUNet with deep-supervision heads at their own resolution."""
+"""Plain and residual U-Nets (nnU-Net's architecture), with deep-supervision heads at their own resolution."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import DynUNet
-from monai.networks.nets.dynunet import DynUNetSkipLayer
+from torch import nn
 
-from medseg.models._common import ACT, Strides, check_input, norm_spec, size_divisor
-
-_NO_HEAD = torch.empty(0)
+from medseg.models._common import Strides, check_input, size_divisor
+from medseg.models.blocks import BasicBlock, OutBlock, ResBlock, UpBlock, init_weights
 
 
-class NativeDSDynUNet(DynUNet):
-    """DynUNet (nnU-Net's U-Net) that returns deep-supervision logits as a list at native resolution.
+class UNet(nn.Module):
+    """nnU-Net's U-Net: per stage two conv-norm-LeakyReLU (or a residual block), strided-conv downsampling,
+    transposed-conv upsampling, skip concatenation.
 
-    Stock DynUNet upsamples every supervision head to full resolution and stacks them, which costs memory and
-    time for nothing (the loss would have to compare full-size maps or downsample them again). This thin
-    subclass keeps DynUNet's layers and weights (same ``state_dict`` keys) and changes only the output:
+    The same layers, names and parameter order as MONAI's ``DynUNet`` (so its bundles load), with two
+    differences that save time and memory:
 
-    * ``eval()`` or no deep supervision: logits ``(B, C, *spatial)``;
-    * ``train()`` with deep supervision: ``[full, 1/2, 1/4, ...]`` (``len(features) - 1`` tensors), each at
-      its own resolution.
-
-    The heads are also switched off in ``eval()`` (stock DynUNet computes them and throws them away).
+    * deep supervision returns ``[full, 1/2, 1/4, ...]`` (``len(features) - 1`` tensors), each at its own
+      resolution; stock DynUNet upsamples every head to full resolution and stacks them, and the loss then
+      compares full-size maps for nothing;
+    * the heads run only in ``train()`` mode; ``eval()`` or no deep supervision returns logits
+      ``(B, C, *spatial)``.
     """
 
     def __init__(
@@ -39,43 +37,43 @@ class NativeDSDynUNet(DynUNet):
         norm: str,
         res_block: bool,
     ) -> None:
-        depth = len(features)
-        all_strides = [(1,) * spatial_dims, *strides]
-        super().__init__(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            out_channels=num_classes,
-            kernel_size=[3] * depth,
-            strides=all_strides,
-            upsample_kernel_size=list(strides),
-            filters=list(features),
-            norm_name=norm_spec(norm),
-            act_name=ACT,
-            deep_supervision=deep_supervision,
-            # every decoder level but the full-resolution one (which is output_block) gets a head
-            deep_supr_num=depth - 2,
-            res_block=res_block,
-        )
+        super().__init__()
+        block = ResBlock if res_block else BasicBlock
+        dims, depth = spatial_dims, len(features)
+        self.in_channels = in_channels
+        self.deep_supervision = deep_supervision
         self.size_divisor = size_divisor(strides, spatial_dims)
-        self._head_layers = [
-            m for m in self.modules() if isinstance(m, DynUNetSkipLayer) and m.super_head is not None
-        ]
-        self.train(self.training)
+        # registration order = DynUNet's, so parameters() (and optimiser state) line up with its bundles
+        self.input_block = block(dims, in_channels, features[0], 1, norm)
+        self.downsamples = nn.ModuleList(
+            block(dims, features[i], features[i + 1], strides[i], norm) for i in range(depth - 2)
+        )
+        self.bottleneck = block(dims, features[-2], features[-1], strides[-1], norm)
+        # deepest first: upsamples[i] brings level depth-1-i up to level depth-2-i
+        self.upsamples = nn.ModuleList(
+            UpBlock(dims, features[level + 1], features[level], strides[level], norm)
+            for level in range(depth - 2, -1, -1)
+        )
+        self.output_block = OutBlock(dims, features[0], num_classes)
+        if deep_supervision:  # one head per decoder level 1 .. depth-2 (level 0 is output_block)
+            self.deep_supervision_heads = nn.ModuleList(
+                OutBlock(dims, features[level], num_classes) for level in range(1, depth - 1)
+            )
+        init_weights(self)
 
-    def train(self, mode: bool = True) -> NativeDSDynUNet:
-        """Set train/eval mode; supervision heads run only in train mode."""
-        super().train(mode)
-        for layer in getattr(self, "_head_layers", ()):
-            layer.heads = self.heads if mode else None
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         check_input(x, self.in_channels, self.size_divisor)
-        out = self.output_block(self.skip_layers(x))
-        if self.training and self.deep_supervision:
-            heads = list(self.heads)
-            # drop the shared list's references so activations are not kept alive until the next call
-            for i in range(len(self.heads)):
-                self.heads[i] = _NO_HEAD
-            return [out, *heads]
-        return out
+        skips = [self.input_block(x)]
+        for down in self.downsamples:
+            skips.append(down(skips[-1]))
+        x = self.bottleneck(skips[-1])
+        want_heads = self.training and self.deep_supervision
+        heads: list[torch.Tensor] = []
+        for up in self.upsamples:
+            x = up(x, skips.pop())  # pop: lets each skip go as soon as it is used
+            level = len(skips)
+            if want_heads and level > 0:
+                heads.append(self.deep_supervision_heads[level - 1](x))
+        out = self.output_block(x)
+        return [out, *heads[::-1]] if want_heads else out
+

@@ -15,8 +15,8 @@ from medseg.io.atomic import atomic_path
 def _canonical_names(model: nn.Module) -> dict[str, str]:
     """Map each state-dict name to the first name of the tensor it shares storage with.
 
-    MONAI's DynUNet registers its blocks twice (``skip_layers`` and the lists), so the same tensor appears
-    under two names; safetensors stores each tensor once.
+    A module may register the same tensor under two names (MONAI's DynUNet registers its blocks twice, in
+    ``skip_layers`` and in the lists); safetensors stores each tensor once.
     """
     first_by_pointer: dict[int, str] = {}
     names = {}
