@@ -6,10 +6,32 @@ import json
 import os
 import platform
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def cpu_share(seconds: float = 2.0, stall: float = 0.005) -> float:
+    """Fraction of ``seconds`` of wall time that a busy loop in this process really ran.
+
+    On a shared VM the host can take the vCPU away for 50-300 ms at a time without the guest seeing it as idle
+    or steal time (``top`` shows nothing), so CPU figures alone cannot tell a slow run from a starved one.
+    Gaps longer than ``stall`` between two iterations of a tight loop are time we did not get. 1.0 on a quiet
+    machine; 0.35-0.45 was measured here on 2026-11-26 while a 3D training step varied from 0.1 s to 7 s.
+    """
+    start = last = time.perf_counter()
+    lost = 0.0
+    while (now := time.perf_counter()) - start < seconds:
+        if now - last > stall:
+            lost += now - last
+        last = now
+    return round(1 - lost / (last - start), 3)
+
+
+# measured when a benchmark starts (it imports this module first) and again when it reports
+CPU_SHARE_AT_START = cpu_share()
 
 
 def machine() -> dict:
@@ -22,7 +44,8 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "ram_gib": round(memory / 2**30, 1), "torch": torch.__version__,
             "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             # other work on the machine skews every figure: the 1-minute load average at the end says how much
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "cpu_share": {"start": CPU_SHARE_AT_START, "end": cpu_share()}}
 
 
 def data_set(name: str) -> Path:
