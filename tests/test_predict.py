@@ -34,7 +34,7 @@ def run_cli(*args: str) -> int:
     return app(list(args), standalone_mode=False) or 0
 
 
-@pytest.mark.parametrize("shape", [(7, 9, 11), (40, 6, 5)])
+@pytest.mark.parametrize("shape", [(7, 9, 11), (40, 6, 5), (13, 12, 9)])  # the last: the same grid
 def test_slab_restoration_equals_trilinear_interpolation(monkeypatch, shape):
     monkeypatch.setattr(restore, "SLAB_VOXELS", 20)  # many slabs of a few slices each
     maps = torch.rand(3, *shape)

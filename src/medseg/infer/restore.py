@@ -45,8 +45,12 @@ def restored_slabs(maps: torch.Tensor, out_shape: list[int] | tuple[int, ...]) -
         yield slice(0, out_shape[0]), _resize_plane(maps, tuple(out_shape))
         return
     out_z, plane = int(out_shape[0]), tuple(int(s) for s in out_shape[1:])
-    low, high, weight = _source_positions(out_z, maps.shape[1])
     slab = max(1, SLAB_VOXELS // max(1, int(np.prod(plane))))
+    if tuple(maps.shape[1:]) == (out_z, *plane):  # same grid (no resampling planned): nothing to interpolate
+        for start in range(0, out_z, slab):
+            yield slice(start, min(out_z, start + slab)), maps[:, start:start + slab].float()
+        return
+    low, high, weight = _source_positions(out_z, maps.shape[1])
     for start in range(0, out_z, slab):
         stop = min(out_z, start + slab)
         first, last = int(low[start]), int(high[stop - 1])
