@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ def shared(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data set {name} not found at {path} (../shared/data is only on developer/CI machines)")
     return path
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Let the interpreter exit without walking every object of the session once more.
+
+    At exit CPython runs a full garbage collection over everything the session imported and built (torch,
+    SciPy, FastAPI, fixtures). On the shared VM this suite runs on, the host reclaims a process's cold pages, so
+    that walk faults them all back in: py-spy showed pytest's main thread in ``gc_collect_main`` for several
+    minutes after the last report line (2026-11-26). Frozen objects are skipped; the OS frees the memory anyway.
+    """
+    gc.freeze()
 
 
 @pytest.fixture

@@ -78,17 +78,12 @@ class BasicBlock(nn.Module):
         return self.lrelu(self.norm2(self.conv2(x)))
 
 
-class ResBlock(nn.Module):
+class ResBlock(BasicBlock):
     """ResNet BasicBlock: conv-norm-act-conv-norm plus a (1x1 conv + norm when the shape changes) shortcut,
     act after the sum (MONAI ``UnetResBlock``)."""
 
     def __init__(self, dims: int, c_in: int, c_out: int, stride: Size, norm: str, kernel: Size = 3) -> None:
-        super().__init__()
-        self.conv1 = conv_layer(dims, c_in, c_out, kernel, stride)
-        self.conv2 = conv_layer(dims, c_out, c_out, kernel, 1)
-        self.lrelu = activation()
-        self.norm1 = norm_layer(norm, dims, c_out)
-        self.norm2 = norm_layer(norm, dims, c_out)
+        super().__init__(dims, c_in, c_out, stride, norm, kernel)
         self.project = c_in != c_out or any(s != 1 for s in _tuple(stride, dims))
         if self.project:
             self.conv3 = conv_layer(dims, c_in, c_out, 1, stride)
