@@ -4,7 +4,7 @@ Own code rather than ``monai.inferers.sliding_window_inference``: importing MONA
 torch itself (see :mod:`medseg.models.blocks`), and this is the one function prediction needed from it. It also
 places windows as nnU-Net does (evenly spread between the two borders, not packed from the start with the last
 one pushed back), and skips the weighting altogether when one window covers the image, the common case for
-medseg's CPU plans. ``tests/test_infer.py`` checks it against MONAI's.
+medseg's CPU plans. ``tests/test_sliding.py`` checks it against MONAI's.
 """
 
 from __future__ import annotations
