@@ -2,6 +2,9 @@
 
 Usage: python benchmarks/train_budget.py --dataset msd_hippocampus --budget 15m [--keep DIR]
        (msd_hippocampus, jsrt_scr or drive; DRIVE is scored inside its FOV masks)
+Ablations: --epochs N trains a fixed number of steps instead of a budget (N epochs of at most 50 steps), so that
+runs compare on a machine whose speed varies; --set KEY=JSON changes a field of the plan medseg makes (dotted
+for nested fields), e.g. --set 'augment.mirror_axes=[0,1,2]'.
 Trains fold 'none' (every training case, no validation fold: the whole budget goes to training), then runs the
 real pipeline on the test cases: `predict` (original geometry, default TTA) and `evaluate` (Dice, HD95, ...).
 The test cases are never seen in training: training reads a folder of links to the train list only.
@@ -20,9 +23,10 @@ from _common import data_set, emit
 
 from medseg.bundle import load_bundle
 from medseg.cli import parse_duration
-from medseg.data import discover_dataset
+from medseg.data import check_dataset, discover_dataset
 from medseg.evaluate import evaluate_folders
 from medseg.infer.predict import PredictInput, PredictOptions, predict_paths
+from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
 from medseg.train import TrainConfig, TrainRequest, train
 
 
@@ -45,11 +49,29 @@ def link_view(root: Path, cases: list, out: Path, layout: str, with_labels: bool
     return out
 
 
+def plan_with_changes(view: Path, changes: list[str], out: Path) -> Path:
+    """medseg's own plan for ``view`` with ``KEY=JSON`` changes (dotted keys reach into nested fields)."""
+    fingerprint = fingerprint_from_report(check_dataset(discover_dataset(view)))
+    data = make_plan(fingerprint, machine=Machine.detect()).to_dict()
+    for change in changes:
+        key, _, value = change.partition("=")
+        *parents, leaf = key.split(".")
+        target = data
+        for name in parents:
+            target = target[name]
+        if leaf not in target:
+            raise SystemExit(f"--set {change}: the plan has no field {key!r}")
+        target[leaf] = json.loads(value)
+    return Plan.from_dict(data).save(out)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="msd_hippocampus")
     parser.add_argument("--budget", default="15m")
     parser.add_argument("--keep", type=Path, help="copy the bundle here (for the prediction benchmarks)")
+    parser.add_argument("--epochs", type=int, help="train this many epochs (<= 50 steps each) instead of a budget")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="change a plan field")
     args = parser.parse_args()
     root = data_set(args.dataset)
     dataset = discover_dataset(root)
@@ -58,9 +80,11 @@ if __name__ == "__main__":
     train_cases, test_cases = [by_id[c] for c in split["train"]], [by_id[c] for c in split["test"]]
     work = Path(tempfile.mkdtemp(prefix="medseg_bench_"))
     view = link_view(root, train_cases, work / "train_only", dataset.layout)
+    plan_path = plan_with_changes(view, args.set, work / "plan.json") if args.set else None
+    config = TrainConfig(epochs=args.epochs) if args.epochs else TrainConfig(budget_s=parse_duration(args.budget))
     start = time.perf_counter()
     bundle_dir = train(TrainRequest(data=view, run_dir=work / "run", fold="none", cache_root=work / "cache",
-                                    progress_bar=False), TrainConfig(budget_s=parse_duration(args.budget)))
+                                    plan_path=plan_path, progress_bar=False), config)
     train_seconds = time.perf_counter() - start
     bundle = load_bundle(bundle_dir)
     references = work / "references"
@@ -75,7 +99,8 @@ if __name__ == "__main__":
     dice = {name: round(stats["dice"]["mean"], 4) for name, stats in summary["per_class"].items()}
     hd95 = {name: stats["hd95_mm"]["mean"] for name, stats in summary["per_class"].items()}
     emit(f"train_{args.dataset}", {
-        "budget": args.budget, "train_seconds": round(train_seconds, 1),
+        "budget": f"{args.epochs} epochs" if args.epochs else args.budget, "plan_changes": args.set,
+        "train_seconds": round(train_seconds, 1),
         "steps": bundle.metrics["folds"]["none"]["steps"], "test_cases": len(test_cases),
         "dice": dice, "mean_dice": round(summary["mean_dice"], 4), "hd95_mm": hd95,
         "scored_inside": "FOV" if region else "whole image",

@@ -20,6 +20,7 @@ from medseg.postprocess import (
     ops,
     remove_small_objects,
     save_postprocessing,
+    with_overrides,
 )
 
 
@@ -251,3 +252,22 @@ def test_bad_file_is_a_clear_error(tmp_path, content, message):
     with pytest.raises(MedsegError, match=message) as info:
         load_postprocessing(path)
     assert info.value.path == str(path) and info.value.fix
+
+
+def test_command_line_overrides_replace_the_bundle_choice():
+    bundle_choice = PostprocessConfig(keep_largest_foreground=True)
+    bundle_choice.set_class(2, fill_holes=True, threshold=0.4)
+    bundle_choice.decisions.append({"step": "keep_largest_foreground", "class": "foreground", "dice_before": 0.5,
+                                    "dice_after": 0.6, "kept": True})
+    per_class = with_overrides(bundle_choice, [0, 1, 2], keep_largest="2", min_size_mm=30)
+    assert not per_class.keep_largest_foreground and per_class.labels_with("keep_largest") == [2]
+    assert per_class.labels_with("fill_holes") == [2] and per_class.thresholds == {2: 0.4}  # kept from the file
+    assert per_class.for_class(1).min_size_mm == per_class.for_class(2).min_size_mm == 30
+    assert per_class.decisions == [] and bundle_choice.keep_largest_foreground  # the original is untouched
+    nothing = with_overrides(None, [0, 1, 2], keep_largest="foreground", fill_holes="none")
+    assert nothing.keep_largest_foreground and nothing.labels_with("keep_largest") == []
+    assert with_overrides(None, [0, 1, 2], fill_holes="all").labels_with("fill_holes") == [1, 2]
+    for bad in ({"keep_largest": "3"}, {"fill_holes": "lungs"}, {"min_size_mm": -1.0}):
+        with pytest.raises(MedsegError) as info:
+            with_overrides(None, [0, 1, 2], **bad)
+        assert info.value.fix

@@ -18,7 +18,7 @@ from medseg.infer import restore
 from medseg.infer.predict import PredictOptions, Predictor, collect_inputs, predict_paths
 from medseg.io import Image, read_image, write_image
 from medseg.train import TrainConfig, TrainRequest, train
-from synthetic import blob_case, make_3d_dataset
+from synthetic import blob_case, make_2d_dataset, make_3d_dataset
 from test_train import tiny_plan
 
 
@@ -162,6 +162,12 @@ def test_collect_inputs_groups_channel_files_and_reads_test_lists(tmp_path):
     data = make_3d_dataset(tmp_path / "data")
     (data / "split.json").write_text(json.dumps({"train": ["blob_000"], "test": ["blob_004", "blob_005"]}))
     assert [i.case_id for i in collect_inputs([data])] == ["blob_004", "blob_005"]
+    flat = make_2d_dataset(tmp_path / "flat")  # the 2D layout (images/, masks/) reads its test list too
+    (flat / "split.json").write_text(json.dumps({"train": ["img00"], "test": ["img02"]}))
+    assert [(i.case_id, [f.parent.name for f in i.files]) for i in collect_inputs([flat])] == [("img02", ["images"])]
+    (flat / "split.json").write_text(json.dumps({"train": ["img00"], "test": ["img02", "img99"]}))
+    with pytest.raises(MedsegError, match="img99"):
+        collect_inputs([flat])
 
 
 def test_bundle_postprocessing_is_applied_and_can_be_turned_off(tmp_path, bundle_3d):
@@ -184,3 +190,8 @@ def test_bundle_postprocessing_is_applied_and_can_be_turned_off(tmp_path, bundle
     from scipy import ndimage
 
     assert ndimage.label(cleaned[0] > 0)[1] <= 1  # one foreground component at most
+    # a choice given instead of the bundle's (what `medseg predict --keep-largest/--fill-holes/--min-size` pass)
+    override = PostprocessConfig()
+    override.set_class(1, min_size_mm=1e9)  # no component of class 1 is that large
+    without_1 = Predictor(load_bundle(twin), PredictOptions(postprocess=override)).predict(scan).labels.array
+    assert not (without_1 == 1).any() and np.array_equal(without_1 == 2, raw == 2)

@@ -225,6 +225,16 @@ def predict(
                                                     "the plan's, 0.5).")] = None,
     postprocess: Annotated[bool, typer.Option("--postprocess/--no-postprocess",
                                               help="Apply the bundle's postprocess.json.")] = True,
+    postprocess_file: Annotated[Path | None, typer.Option(help="A postprocess.json to apply instead of the "
+                                                               "bundle's.")] = None,
+    keep_largest: Annotated[str | None, typer.Option(help="Instead of the bundle's choice: keep the largest "
+                                                          "connected component of 'foreground' (all classes "
+                                                          "together), of 'all' classes, of the listed label "
+                                                          "values (1,2), or 'none'.")] = None,
+    fill_holes: Annotated[str | None, typer.Option(help="Instead of the bundle's choice: fill holes in 'all', "
+                                                        "'none' or the listed classes.")] = None,
+    min_size: Annotated[float | None, typer.Option(help="Remove components smaller than this (mm^3 in 3D, mm^2 "
+                                                        "in 2D) from every class.")] = None,
     probabilities: Annotated[bool, typer.Option(help="Also save per-class probabilities.")] = False,
     uncertainty: Annotated[bool, typer.Option(help="Also save a voxel-wise uncertainty map (entropy).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="same (the input's; PNG for JPEG, NIfTI for DICOM), nii.gz, "
@@ -242,9 +252,14 @@ def predict(
 
     from medseg.bundle import load_bundle
     from medseg.infer.predict import PredictOptions, predict_paths
+    from medseg.postprocess import PostprocessConfig, load_postprocessing, with_overrides
 
     loaded = load_bundle(bundle)
-    options = PredictOptions(tta=tta, overlap=None if step is None else 1.0 - step, postprocess=postprocess,
+    chosen: bool | PostprocessConfig = postprocess
+    if postprocess and (postprocess_file or keep_largest or fill_holes or min_size is not None):
+        base = load_postprocessing(postprocess_file) if postprocess_file else None
+        chosen = with_overrides(base, loaded.plan.labels, keep_largest, fill_holes, min_size)
+    options = PredictOptions(tta=tta, overlap=None if step is None else 1.0 - step, postprocess=chosen,
                              probabilities=probabilities, uncertainty=uncertainty, backend=backend)
     with Progress(console=console, disable=no_progress, transient=True) as bar:
         task = bar.add_task("predicting", total=None)

@@ -45,7 +45,8 @@ class PredictOptions:
 
     tta: bool | None = None  # mirror test-time augmentation; default from the bundle's measured benefit
     overlap: float | None = None  # sliding-window overlap (nnU-Net's step 0.5 = overlap 0.5); default: plan
-    postprocess: bool = True  # apply the bundle's postprocess.json
+    # True: the bundle's postprocess.json (when it has one); False: none; a config: that one instead
+    postprocess: bool | PostprocessConfig = True
     probabilities: bool = False  # also return per-class probabilities on the input grid
     uncertainty: bool = False  # also return the normalised predictive entropy on the input grid
     folds: list[str] | None = None  # a subset of the bundle's folds
@@ -89,8 +90,9 @@ class Predictor:
         self.tta = tta_default(bundle) if self.options.tta is None else self.options.tta
         self.overlap = self.plan.sliding_window_overlap if self.options.overlap is None else self.options.overlap
         path = bundle.folder / "postprocess.json"
-        self.postprocess: PostprocessConfig | None = \
-            load_postprocessing(path) if self.options.postprocess and path.exists() else None
+        chosen = self.options.postprocess
+        self.postprocess: PostprocessConfig | None = chosen if isinstance(chosen, PostprocessConfig) else \
+            load_postprocessing(path) if chosen and path.exists() else None
 
     def check_input(self, image: Image, source: str | Path | None = None) -> None:
         plan = self.plan
@@ -192,7 +194,7 @@ def collect_inputs(paths: Iterable[str | Path], test_list: bool = False) -> list
             raise MedsegError("does not exist", path, "check the input path")
         if path.is_file():
             inputs.append(PredictInput(_case_id(path), [path]))
-        elif test_list or (path / "split.json").exists() and (path / "imagesTr").is_dir():
+        elif test_list or (path / "split.json").exists() and any((path / d).is_dir() for d in ("imagesTr", "images")):
             inputs.extend(_test_list(path))
         elif _is_dicom_folder(path):
             inputs.append(PredictInput(path.name, [path]))
@@ -235,6 +237,11 @@ def _test_list(root: Path) -> list[PredictInput]:
         raise MedsegError("has no test list in split.json", root, "give image files or a folder of them instead")
     wanted = set(dataset.split["test"])
     cases = [c for c in dataset.cases + dataset.test_images if c.case_id in wanted]
+    unknown = sorted(wanted - {c.case_id for c in cases})
+    if unknown:
+        listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise MedsegError(f"split.json's test list names case(s) the data set does not hold: {listed}",
+                          root / "split.json", "correct the test list, or give the image files instead")
     return [PredictInput(c.case_id, list(c.image_files)) for c in cases]
 
 
@@ -282,7 +289,8 @@ def predict_paths(
     manifest: dict[str, Any] = {
         "medseg_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
         "bundle": str(bundle.folder), "tta": predictor.tta, "overlap": predictor.overlap,
-        "backend": predictor.options.backend, "postprocess": predictor.postprocess is not None,
+        "backend": predictor.options.backend,
+        "postprocess": predictor.postprocess.to_dict() if predictor.postprocess else None,
         "folds": predictor.options.folds or bundle.folds,
         "cases": [], "failed": [],
     }

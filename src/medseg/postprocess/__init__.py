@@ -7,6 +7,7 @@ from medseg.postprocess.config import (
     PostprocessConfig,
     load_postprocessing,
     save_postprocessing,
+    with_overrides,
 )
 from medseg.postprocess.ops import (
     apply_postprocessing,
@@ -29,4 +30,5 @@ __all__ = [
     "load_postprocessing",
     "remove_small_objects",
     "save_postprocessing",
+    "with_overrides",
 ]

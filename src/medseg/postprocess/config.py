@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,53 @@ def load_postprocessing(path: str | Path) -> PostprocessConfig:
     if not isinstance(data, dict) or data.get("format") != POSTPROCESS_FORMAT:
         raise MedsegError("is not a medseg post-processing file (no \"format\": \"medseg-postprocess\")", path, _FIX)
     return PostprocessConfig.from_dict(data, path)
+
+
+def with_overrides(base: PostprocessConfig | None, labels: Iterable[int], keep_largest: str | None = None,
+                   fill_holes: str | None = None, min_size_mm: float | None = None) -> PostprocessConfig:
+    """``base`` (or no post-processing) with the steps a user asked for on the command line.
+
+    ``keep_largest`` is ``foreground`` (largest component of all foreground together), ``all`` (per class) or
+    comma-separated label values; ``fill_holes`` is ``all`` or label values; ``min_size_mm`` (mm^3 in 3D, mm^2 in
+    2D) applies to every class. ``none`` turns a step off. The ``decisions`` record is dropped: what runs is the
+    user's choice, not the validation's.
+    """
+    foreground = sorted({int(v) for v in labels} - {0})
+    config = PostprocessConfig.from_dict(base.to_dict()) if base is not None else PostprocessConfig()
+    config.decisions = []
+    if keep_largest is not None:
+        config.keep_largest_foreground = keep_largest.strip().lower() == "foreground"
+        chosen = [] if config.keep_largest_foreground else _label_list(keep_largest, foreground, "--keep-largest")
+        for value in foreground:
+            config.set_class(value, keep_largest=value in chosen)
+    if fill_holes is not None:
+        chosen = _label_list(fill_holes, foreground, "--fill-holes")
+        for value in foreground:
+            config.set_class(value, fill_holes=value in chosen)
+    if min_size_mm is not None:
+        if not math.isfinite(min_size_mm) or min_size_mm < 0:
+            raise MedsegError(f"must be a size in mm >= 0, got {min_size_mm}", "--min-size", "e.g. --min-size 50")
+        for value in foreground:
+            config.set_class(value, min_size_mm=float(min_size_mm))
+    return config
+
+
+def _label_list(spec: str, foreground: list[int], option: str) -> list[int]:
+    """``all`` / ``none`` / ``1,3`` as a list of foreground label values, checked against the bundle's labels."""
+    text = spec.strip().lower()
+    if text == "all":
+        return foreground
+    if text == "none":
+        return []
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    unknown = [v for v in values if v not in foreground]
+    if not values or unknown:
+        raise MedsegError(f"{spec!r} is not a list of this model's foreground labels", option,
+                          f"give all, none or label values among {', '.join(map(str, foreground))}")
+    return values
 
 
 def _parse_bool(value: Any, name: str) -> bool:
