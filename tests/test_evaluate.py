@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -15,7 +16,7 @@ from scipy import ndimage
 
 from medseg.cli import main
 from medseg.errors import MedsegError
-from medseg.evaluate import CSV_COLUMNS, evaluate_case, evaluate_folders, write_evaluation
+from medseg.evaluate import CSV_COLUMNS, dice_per_class, evaluate_case, evaluate_folders, write_evaluation
 from medseg.io import Image, read_image, write_image
 
 from conftest import shared
@@ -104,6 +105,28 @@ def test_distances_match_an_independent_implementation_and_monai():
         assert row["assd_mm"] == pytest.approx(float(compute_average_surface_distance(yp, yr, symmetric=True,
                                                                                        **kwargs)), rel=1e-5)
         assert row["nsd"] == pytest.approx(float(compute_surface_dice(yp, yr, [1.5], **kwargs)), rel=1e-5)
+
+
+def test_dice_per_class_on_arrays_and_tensors():
+    import torch
+
+    ref = np.zeros((4, 4), np.int64)
+    ref[:2] = 1  # 8 voxels of class 1
+    pred = np.zeros_like(ref)
+    pred[1:3] = 1  # 8 voxels, 4 of them shared
+    for p, r in ((pred, ref), (torch.from_numpy(pred), torch.from_numpy(ref))):
+        scores = dice_per_class(p, r, [1, 2])
+        assert scores[1] == 0.5 and math.isnan(scores[2])  # class 2 in neither map
+    assert dice_per_class(pred, np.zeros_like(ref), [1]) == {1: 0.0}
+    with pytest.raises(ValueError, match="differs"):
+        dice_per_class(pred, ref[:2], [1])
+
+
+def test_evaluate_imports_neither_torch_nor_monai():
+    """`medseg evaluate` starts in a second or two: importing torch or MONAI would cost more than the scoring."""
+    code = "import sys, medseg.cli, medseg.evaluate; print(sorted({'torch', 'monai'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_empty_mask_conventions():
