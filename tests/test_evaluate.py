@@ -122,9 +122,11 @@ def test_dice_per_class_on_arrays_and_tensors():
         dice_per_class(pred, ref[:2], [1])
 
 
-def test_evaluate_imports_neither_torch_nor_monai():
-    """`medseg evaluate` starts in a second or two: importing torch or MONAI would cost more than the scoring."""
-    code = "import sys, medseg.cli, medseg.evaluate; print(sorted({'torch', 'monai'} & set(sys.modules)))"
+def test_evaluate_and_report_import_neither_torch_nor_monai():
+    """`medseg evaluate` and `medseg report` start in a second or two: importing torch or MONAI would cost more
+    than their work."""
+    code = ("import sys, medseg.cli, medseg.evaluate, medseg.report; "
+            "print(sorted({'torch', 'monai'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 

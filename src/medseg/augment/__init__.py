@@ -6,7 +6,20 @@
 ``python -m medseg.augment`` prints a quick timing of one 3D batch.
 """
 
-from medseg.augment.batch import BatchAugmenter
+from __future__ import annotations
+
+from typing import Any
+
 from medseg.augment.config import AugmentConfig
 
 __all__ = ["AugmentConfig", "BatchAugmenter"]
+
+
+def __getattr__(name: str) -> Any:
+    """``BatchAugmenter`` on first use: it needs torch, while the plan (and so `medseg report`) needs only the
+    config, and importing torch costs seconds to minutes on a small machine."""
+    if name == "BatchAugmenter":
+        from medseg.augment.batch import BatchAugmenter
+
+        return BatchAugmenter
+    raise AttributeError(f"module 'medseg.augment' has no attribute {name!r}")
