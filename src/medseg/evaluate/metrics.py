@@ -40,6 +40,7 @@ import json
 import math
 import os
 import re
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,9 +331,9 @@ def _evaluate_pair(job: tuple[str, Path, Path, Path | None, dict[int, str] | Non
 
 
 def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # as torch's own DataLoader workers: forked processes must not share OpenMP pools
+    torch = sys.modules.get("torch")  # inherited from a parent that trains or predicts; never imported here
+    if torch is not None:
+        torch.set_num_threads(1)  # as torch's own DataLoader workers: forked processes must not share OpenMP pools
 
 
 def evaluate_folders(
@@ -384,8 +385,6 @@ def evaluate_folders(
     workers = workers or (1 if len(jobs) < 16 else min(4, os.cpu_count() or 1))
     if workers > 1 and len(jobs) > 1:
         import multiprocessing
-
-        import monai.metrics  # noqa: F401 - imported once here, inherited by the forked workers
 
         context = multiprocessing.get_context("fork") if os.name == "posix" else None
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
