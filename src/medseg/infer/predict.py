@@ -91,8 +91,11 @@ class Predictor:
         self.overlap = self.plan.sliding_window_overlap if self.options.overlap is None else self.options.overlap
         path = bundle.folder / "postprocess.json"
         chosen = self.options.postprocess
-        self.postprocess: PostprocessConfig | None = chosen if isinstance(chosen, PostprocessConfig) else \
-            load_postprocessing(path) if chosen and path.exists() else None
+        self.postprocess: PostprocessConfig | None = None
+        if isinstance(chosen, PostprocessConfig):
+            self.postprocess = chosen
+        elif chosen and path.exists():
+            self.postprocess = load_postprocessing(path)
 
     def check_input(self, image: Image, source: str | Path | None = None) -> None:
         plan = self.plan

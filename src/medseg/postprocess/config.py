@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterable
@@ -141,7 +142,7 @@ def with_overrides(base: PostprocessConfig | None, labels: Iterable[int], keep_l
     user's choice, not the validation's.
     """
     foreground = sorted({int(v) for v in labels} - {0})
-    config = PostprocessConfig.from_dict(base.to_dict()) if base is not None else PostprocessConfig()
+    config = copy.deepcopy(base) if base is not None else PostprocessConfig()
     config.decisions = []
     if keep_largest is not None:
         config.keep_largest_foreground = keep_largest.strip().lower() == "foreground"
