@@ -158,9 +158,7 @@ def plan(
     from medseg.plan import fingerprint_from_report, make_plan
 
     report = check_dataset(discover_dataset(data))
-    if not report.ok:
-        raise MedsegError(f"fails `medseg check` with {len(report.problems)} problem(s)", data,
-                          "run `medseg check` and fix them")
+    report.raise_if_failed()
     the_plan = make_plan(fingerprint_from_report(report), dim=_dim(dim), model=model)
     the_plan.save(output)
     out.print(f"wrote {output}: {the_plan.dim}D {the_plan.model}, patch {the_plan.patch_size}, batch "
@@ -403,6 +401,7 @@ def demo(
     data: Annotated[Path | None, typer.Option(help="MSD Hippocampus folder (default: $MEDSEG_DATA/msd_hippocampus, "
                                                    "../shared/data/msd_hippocampus, else downloaded).")] = None,
     budget: Annotated[str, typer.Option(help="Training budget.")] = "5m",
+    epochs: Annotated[int | None, typer.Option(help="Train this many epochs instead of a budget.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder.")] = Path("runs/demo"),
     cache: Annotated[Path, typer.Option(help="Where a downloaded data set is kept.")] = DEFAULT_CACHE,
     mirror: Annotated[str | None, typer.Option(help="Local folder or URL holding Task04_Hippocampus.tar.")] = None,
@@ -414,7 +413,8 @@ def demo(
     """
     from medseg.demo import result_lines, run_demo
 
-    result = run_demo(data, output, parse_duration(budget), cache, mirror, say=out.print, progress_bar=not no_progress)
+    result = run_demo(data, output, parse_duration(budget), cache, mirror, say=out.print, progress_bar=not no_progress,
+                      epochs=epochs)
     for line in result_lines(result):
         out.print(line)
 

@@ -70,8 +70,9 @@ def _test_reference_view(data: Path, test_ids: list[str], folder: Path) -> Path:
     return folder
 
 
-def run_demo(data: Path | None, output: Path, budget_s: float, cache: Path, mirror: str | None = None,
-             say: Callable[[str], None] = print, progress_bar: bool = True) -> DemoResult:
+def run_demo(data: Path | None, output: Path, budget_s: float | None, cache: Path, mirror: str | None = None,
+             say: Callable[[str], None] = print, progress_bar: bool = True, epochs: int | None = None) -> DemoResult:
+    """The whole job; trains for ``budget_s`` seconds of wall clock, or ``epochs`` epochs when given instead."""
     from medseg.bundle import load_bundle
     from medseg.data import check_dataset, discover_dataset
     from medseg.evaluate import evaluate_folders, write_evaluation
@@ -85,14 +86,13 @@ def run_demo(data: Path | None, output: Path, budget_s: float, cache: Path, mirr
     start = time.perf_counter()
     report = check_dataset(discover_dataset(root))
     seconds["check"] = round(time.perf_counter() - start, 1)
-    if not report.ok:
-        raise MedsegError(f"has {len(report.problems)} problem(s); run `medseg check` on it", root,
-                          "fix the data set first")
-    say(f"      {report.summary.get('cases', '?')} cases, no problems ({seconds['check']} s)")
-    say(f"[2/5] training fold 0 for {budget_s / 60:.1f} min (plan sized for this machine; test cases held out)")
+    report.raise_if_failed()
+    say(f"      {report.summary()['readable_cases']} cases, no problems ({seconds['check']} s)")
+    length = f"{epochs} epoch(s)" if epochs else f"{(budget_s or 0) / 60:.1f} min"
+    say(f"[2/5] training fold 0 for {length} (plan sized for this machine; test cases held out)")
     start = time.perf_counter()
     bundle_dir = train(TrainRequest(data=root, run_dir=output, progress_bar=progress_bar),
-                       TrainConfig(budget_s=budget_s))
+                       TrainConfig(epochs=epochs, budget_s=None if epochs else budget_s))
     seconds["train"] = round(time.perf_counter() - start, 1)
     bundle = load_bundle(bundle_dir)
     test_ids = json.loads((root / "split.json").read_text()).get("test", []) if (root / "split.json").exists() else []

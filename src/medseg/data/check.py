@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.data.dataset import Case, Dataset, Problem, load_case_image, load_case_label
-from medseg.errors import MedsegError
+from medseg.errors import DatasetError, MedsegError
 from medseg.io import Image
 
 FOREGROUND_SAMPLE = 10_000  # foreground intensities kept per case and channel (as nnU-Net's fingerprint)
@@ -57,6 +57,15 @@ class CheckReport:
 
     def summary(self) -> dict[str, Any]:
         return summarise(self.dataset, self.stats)
+
+    def raise_if_failed(self, shown: int = 10) -> None:
+        """Refuse a data set that fails the check, naming its first ``shown`` problems (for plan, train, demo)."""
+        if self.ok:
+            return
+        listed = "; ".join(p.line() for p in self.problems[:shown])
+        more = f" (and {len(self.problems) - shown} more)" if len(self.problems) > shown else ""
+        raise DatasetError(f"fails `medseg check` with {len(self.problems)} problem(s): {listed}{more}",
+                           self.dataset.root, "fix them first; `medseg check` lists them all")
 
     def to_dict(self) -> dict[str, Any]:
         return {

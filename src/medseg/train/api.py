@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from medseg.bundle import write_bundle_fold, write_model_card
 from medseg.data import check_dataset, discover_dataset, load_splits, make_splits, write_splits
-from medseg.errors import DatasetError, MedsegError
+from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
 from medseg.postprocess import POSTPROCESS_FILE, save_postprocessing
@@ -53,11 +53,7 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, dict[str, Any], Path, dict
     dataset = discover_dataset(request.data)
     report = check_dataset(dataset, workers=request.workers)
     write_text_atomic(run / "check.json", json.dumps(report.to_dict(), indent=1))
-    if not report.ok:
-        listed = "; ".join(p.line() for p in report.problems[:10])
-        more = f" (and {len(report.problems) - 10} more)" if len(report.problems) > 10 else ""
-        raise DatasetError(f"fails `medseg check` with {len(report.problems)} problem(s): {listed}{more}",
-                           request.data, "fix them first; `medseg check` lists them all")
+    report.raise_if_failed()
     fingerprint = fingerprint_from_report(report)
     write_text_atomic(run / "fingerprint.json", json.dumps(fingerprint.to_dict()))
     if request.plan_path:
