@@ -11,8 +11,13 @@ from medseg.demo import as_dict, result_lines, run_demo
 from medseg.errors import MedsegError
 
 
-def test_demo_runs_the_whole_job_and_reports_the_test_list_dice(tmp_path):
+def test_demo_runs_the_whole_job_and_reports_the_test_list_dice(tmp_path, monkeypatch):
     data = make_phantom_dataset(tmp_path / "phantom", cases=8, shape=(16, 20, 16))
+
+    def read_again(*args, **kwargs):
+        raise AssertionError("training checked the data set again instead of reusing the demo's check")
+
+    monkeypatch.setattr("medseg.train.api.check_dataset", read_again)
     said: list[str] = []
     # one epoch, not a budget: the budget check would refuse a few seconds on a loaded machine
     result = run_demo(data, tmp_path / "run", budget_s=None, epochs=1, cache=tmp_path / "cache", say=said.append,

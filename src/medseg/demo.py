@@ -92,7 +92,7 @@ def run_demo(data: Path | None, output: Path, budget_s: float | None, cache: Pat
     say(f"[2/5] training fold 0 for {length} (plan sized for this machine; test cases held out)")
     start = time.perf_counter()
     bundle_dir = train(TrainRequest(data=root, run_dir=output, progress_bar=progress_bar,
-                                    cache_root=cache / "preprocessed"),
+                                    cache_root=cache / "preprocessed", check=report),
                        TrainConfig(epochs=epochs, budget_s=None if epochs else budget_s))
     seconds["train"] = round(time.perf_counter() - start, 1)
     bundle = load_bundle(bundle_dir)

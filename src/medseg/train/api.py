@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from medseg.bundle import write_bundle_fold, write_model_card
-from medseg.data import check_dataset, discover_dataset, load_splits, make_splits, write_splits
+from medseg.data import CheckReport, check_dataset, discover_dataset, load_splits, make_splits, write_splits
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
@@ -39,6 +39,7 @@ class TrainRequest:
     plan_path: Path | None = None
     cache_root: Path | None = None
     workers: int | None = None
+    check: CheckReport | None = None  # `medseg check` already run on `data` (the demo): reused, not read again
     progress_bar: bool = True
 
 
@@ -50,8 +51,8 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, dict[str, Any], Path, dict
     """Check the data, plan and preprocess it (rank 0 only under DDP); returns plan, splits, cache and summary."""
     run = request.run_dir
     run.mkdir(parents=True, exist_ok=True)
-    dataset = discover_dataset(request.data)
-    report = check_dataset(dataset, workers=request.workers)
+    report = request.check or check_dataset(discover_dataset(request.data), workers=request.workers)
+    dataset = report.dataset
     write_text_atomic(run / "check.json", json.dumps(report.to_dict(), indent=1))
     report.raise_if_failed()
     fingerprint = fingerprint_from_report(report)
