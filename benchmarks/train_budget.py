@@ -4,7 +4,8 @@ Usage: python benchmarks/train_budget.py --dataset msd_hippocampus --budget 15m 
        (msd_hippocampus, jsrt_scr or drive; DRIVE is scored inside its FOV masks)
 Ablations: --epochs N trains a fixed number of steps instead of a budget (N epochs of at most 50 steps), so that
 runs compare on a machine whose speed varies; --set KEY=JSON changes a field of the plan medseg makes (dotted
-for nested fields), e.g. --set 'augment.mirror_axes=[0,1,2]'.
+for nested fields), e.g. --set 'augment.mirror_axes=[0,1,2]'; --seed N repeats a run with other random weights,
+patches and augmentations (the spread between seeds is what a single run's figure is worth).
 Trains fold 'none' (every training case, no validation fold: the whole budget goes to training), then runs the
 real pipeline on the test cases: `predict` (original geometry, default TTA) and `evaluate` (Dice, HD95, ...).
 The test cases are never seen in training: training reads a folder of links to the train list only.
@@ -72,6 +73,7 @@ if __name__ == "__main__":
     parser.add_argument("--keep", type=Path, help="copy the bundle here (for the prediction benchmarks)")
     parser.add_argument("--epochs", type=int, help="train this many epochs (<= 50 steps each) instead of a budget")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="change a plan field")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, sampling, augmentation)")
     args = parser.parse_args()
     root = data_set(args.dataset)
     dataset = discover_dataset(root)
@@ -81,7 +83,8 @@ if __name__ == "__main__":
     work = Path(tempfile.mkdtemp(prefix="medseg_bench_"))
     view = link_view(root, train_cases, work / "train_only", dataset.layout)
     plan_path = plan_with_changes(view, args.set, work / "plan.json") if args.set else None
-    config = TrainConfig(epochs=args.epochs) if args.epochs else TrainConfig(budget_s=parse_duration(args.budget))
+    length = {"epochs": args.epochs} if args.epochs else {"budget_s": parse_duration(args.budget)}
+    config = TrainConfig(seed=args.seed, **length)
     start = time.perf_counter()
     bundle_dir = train(TrainRequest(data=view, run_dir=work / "run", fold="none", cache_root=work / "cache",
                                     plan_path=plan_path, progress_bar=False), config)
@@ -99,7 +102,7 @@ if __name__ == "__main__":
     dice = {name: round(stats["dice"]["mean"], 4) for name, stats in summary["per_class"].items()}
     hd95 = {name: stats["hd95_mm"]["mean"] for name, stats in summary["per_class"].items()}
     emit(f"train_{args.dataset}", {
-        "budget": f"{args.epochs} epochs" if args.epochs else args.budget, "plan_changes": args.set,
+        "budget": f"{args.epochs} epochs" if args.epochs else args.budget, "plan_changes": args.set, "seed": args.seed,
         "train_seconds": round(train_seconds, 1),
         "steps": bundle.metrics["folds"]["none"]["steps"], "test_cases": len(test_cases),
         "dice": dice, "mean_dice": round(summary["mean_dice"], 4), "hd95_mm": hd95,
