@@ -32,6 +32,7 @@ def test_demo_runs_the_whole_job_and_reports_the_test_list_dice(tmp_path, monkey
     assert result.report.is_file() and result.report.stat().st_size > 1000
     assert any((tmp_path / "cache" / "preprocessed").iterdir())  # the cache asked for, not the home folder
     assert any(line.startswith("[1/5]") for line in said) and any("8 cases, no problems" in line for line in said)
+    assert any(" steps, validation Dice " in line for line in said)
     lines = result_lines(result)
     assert lines[-2] == f"report: {result.report}"
     assert json.loads(json.dumps(as_dict(result)))["mean_dice"] == pytest.approx(result.mean_dice)
