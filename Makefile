@@ -30,7 +30,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medseg demo
 
-bench: $(STAMP)  # about 75 minutes on a 2-core CPU; each script prints one JSON line (see benchmarks/results.md)
+bench: $(STAMP)  # about 60-90 minutes on a 2-core CPU; each script prints one JSON line (see benchmarks/results.md)
 	cd benchmarks && ../$(BIN)/python check_speed.py
 	cd benchmarks && ../$(BIN)/python evaluate_speed.py
 	cd benchmarks && ../$(BIN)/python train_throughput.py
@@ -38,6 +38,8 @@ bench: $(STAMP)  # about 75 minutes on a 2-core CPU; each script prints one JSON
 	cd benchmarks && ../$(BIN)/python train_budget.py --dataset msd_hippocampus --budget 15m --keep ../runs/bench_hippocampus
 	cd benchmarks && ../$(BIN)/python predict_hippocampus.py --bundle ../runs/bench_hippocampus
 	cd benchmarks && ../$(BIN)/python predict_memory.py
+	cd benchmarks && ../$(BIN)/python onnx_latency.py --bundle ../runs/bench_hippocampus
+	cd benchmarks && ../$(BIN)/python serve_load.py --bundle ../runs/bench_hippocampus
 	cd benchmarks && ../$(BIN)/python train_budget.py --dataset jsrt_scr --budget 15m
 	cd benchmarks && ../$(BIN)/python train_budget.py --dataset drive --budget 15m
 
