@@ -195,3 +195,30 @@ def test_bundle_postprocessing_is_applied_and_can_be_turned_off(tmp_path, bundle
     override.set_class(1, min_size_mm=1e9)  # no component of class 1 is that large
     without_1 = Predictor(load_bundle(twin), PredictOptions(postprocess=override)).predict(scan).labels.array
     assert not (without_1 == 1).any() and np.array_equal(without_1 == 2, raw == 2)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_bundle_predicts_in_fp32_on_a_cpu_without_native_bf16(tmp_path, bundle_3d, monkeypatch, native):
+    """A bundle trained where bf16 is fast (GPU, AVX512-BF16) must not run emulated bf16 on a CPU without it."""
+    import medseg.infer.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: native)
+    used: list[str] = []
+    real = predict_module.predict_logits
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["precision"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict_logits", spy)
+    bundle = load_bundle(bundle_3d)
+    bundle.plan.precision = "bf16"
+    scan_path = tmp_path / "scan.nii.gz"
+    image, _ = blob_case(np.random.default_rng(5), (12, 20, 16))
+    write_image(Image.from_array(image[None] * 100 + 300, spacing=(1.0, 1.0, 1.5)), scan_path)
+    manifest = predict_paths(bundle, [scan_path], tmp_path / "out", PredictOptions(tta=False))
+    expected = "bf16" if native else "fp32"
+    assert used == [expected]
+    assert manifest["precision"] == expected
+    bundle.plan.precision = "fp32"  # a bundle that trained in fp32 stays fp32 everywhere
+    assert Predictor(bundle, PredictOptions(tta=False)).precision == "fp32"

@@ -50,7 +50,7 @@ class Machine:
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             return cls("cuda", os.cpu_count() or 1, int(props.total_memory), torch.cuda.is_bf16_supported())
-        return cls("cpu", os.cpu_count() or 1, _physical_memory(), _cpu_has_bf16())
+        return cls("cpu", os.cpu_count() or 1, _physical_memory(), cpu_has_native_bf16())
 
 
 def _physical_memory() -> int:
@@ -60,7 +60,8 @@ def _physical_memory() -> int:
         return 8 << 30
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
     try:
         with open("/proc/cpuinfo") as handle:
             flags = handle.read()
