@@ -39,6 +39,7 @@ bench: $(STAMP)  # about 60-90 minutes on a 2-core CPU; each script prints one J
 	cd benchmarks && ../$(BIN)/python predict_hippocampus.py --bundle ../runs/bench_hippocampus
 	cd benchmarks && ../$(BIN)/python predict_memory.py
 	cd benchmarks && ../$(BIN)/python onnx_latency.py --bundle ../runs/bench_hippocampus
+	cd benchmarks && ../$(BIN)/python predict_precision.py --bundle ../runs/bench_hippocampus
 	cd benchmarks && ../$(BIN)/python serve_load.py --bundle ../runs/bench_hippocampus
 	cd benchmarks && ../$(BIN)/python train_budget.py --dataset jsrt_scr --budget 15m
 	cd benchmarks && ../$(BIN)/python train_budget.py --dataset drive --budget 15m

@@ -73,8 +73,8 @@ def inference_precision(plan: Plan) -> str:
     """The plan's bf16 autocast where this CPU runs bf16 natively, fp32 elsewhere.
 
     The plan records the machine that trained: a bundle from a GPU or from a CPU with AVX512-BF16 asks for bf16.
-    On a CPU without it torch emulates bf16, and a 160x160x120 volume took 11.3 s against 3.9 s in fp32
-    (hippocampus bundle, measured 2026-11-26); fp32 gives the same labels up to rounding.
+    On a CPU without it torch emulates bf16: a 120x160x160 volume took 11.2 s against 3.8 s in fp32
+    (`benchmarks/predict_precision.py`, hippocampus bundle); fp32 gives the same labels up to rounding.
     """
     return "bf16" if plan.precision == "bf16" and cpu_has_native_bf16() else "fp32"
 
