@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/predict_precision.py --bundle DIR [--shape 120 160 160] [--repeats 2]
 Why: a bundle records the precision of the machine that trained it. This measures what bf16 costs or saves on
-*this* CPU, which decides ``medseg.infer.predict.inference_precision`` (bf16 only with native bf16 in hardware).
+*this* CPU, which decides ``medseg.plan.planner.runtime_precision`` (bf16 only with native bf16 in hardware).
 A random volume is enough: the time does not depend on the values. Prints one JSON line, with the precision
 that prediction would choose here.
 """
@@ -17,9 +17,8 @@ import torch
 from _common import emit
 
 from medseg.bundle import load_bundle
-from medseg.infer.predict import inference_precision
 from medseg.infer.sliding import predict_logits
-from medseg.plan.planner import cpu_has_native_bf16
+from medseg.plan.planner import cpu_has_native_bf16, runtime_precision
 from medseg.runtime import keep_freed_memory
 
 
@@ -41,11 +40,10 @@ def main() -> None:
                            precision=precision)
             seconds[precision].append(round(time.perf_counter() - start, 3))
     best = {precision: min(times) for precision, times in seconds.items()}
-    bundle.plan.precision = "bf16"
     emit("predict_precision", {"shape": args.shape, "patch": bundle.plan.patch_size, "seconds": seconds,
                                "bf16_over_fp32": round(best["bf16"] / best["fp32"], 2),
                                "native_bf16": cpu_has_native_bf16(),
-                               "chosen_for_a_bf16_bundle": inference_precision(bundle.plan)})
+                               "chosen_for_a_bf16_bundle": runtime_precision("bf16")})
 
 
 if __name__ == "__main__":

@@ -201,8 +201,9 @@ def test_bundle_postprocessing_is_applied_and_can_be_turned_off(tmp_path, bundle
 def test_bf16_bundle_predicts_in_fp32_on_a_cpu_without_native_bf16(tmp_path, bundle_3d, monkeypatch, native):
     """A bundle trained where bf16 is fast (GPU, AVX512-BF16) must not run emulated bf16 on a CPU without it."""
     import medseg.infer.predict as predict_module
+    import medseg.plan.planner as planner
 
-    monkeypatch.setattr(predict_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: native)
     used: list[str] = []
     real = predict_module.predict_logits
 

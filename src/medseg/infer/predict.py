@@ -32,8 +32,7 @@ from medseg.io import IMAGE_SUFFIXES, Image, image_suffix, write_image
 from medseg.io.atomic import write_text_atomic
 from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.io.raster import RASTER_SUFFIXES
-from medseg.plan import Plan
-from medseg.plan.planner import cpu_has_native_bf16
+from medseg.plan.planner import runtime_precision
 from medseg.postprocess import PostprocessConfig, apply_postprocessing, apply_thresholds, load_postprocessing
 from medseg.preprocess import preprocess_image
 from medseg.runtime import keep_freed_memory
@@ -69,17 +68,6 @@ def tta_default(bundle: Bundle) -> bool:
     return bool(bundle.metrics.get("inference", {}).get("tta", False))
 
 
-def inference_precision(plan: Plan) -> str:
-    """The plan's bf16 autocast where this CPU runs bf16 natively, fp32 elsewhere.
-
-    The plan records the machine that trained: a bundle from a GPU or from a CPU with AVX512-BF16 asks for bf16.
-    On a CPU without it torch emulates bf16: a 120x160x160 volume took 11.2 s against 3.8 s in fp32
-    (`benchmarks/predict_precision.py`, hippocampus bundle), and on 8 hippocampus test cases the two gave the
-    same label on at least 99.99 % of voxels.
-    """
-    return "bf16" if plan.precision == "bf16" and cpu_has_native_bf16() else "fp32"
-
-
 class Predictor:
     """A bundle's models loaded once; ``predict`` segments one image. Used by the CLI, the service and notebooks."""
 
@@ -101,7 +89,7 @@ class Predictor:
         else:
             raise MedsegError(f"unknown backend {self.options.backend!r}", "--backend", "use torch or onnxruntime")
         self.tta = tta_default(bundle) if self.options.tta is None else self.options.tta
-        self.precision = inference_precision(self.plan)
+        self.precision = runtime_precision(self.plan.precision)  # prediction runs on the CPU
         self.overlap = self.plan.sliding_window_overlap if self.options.overlap is None else self.options.overlap
         path = bundle.folder / "postprocess.json"
         chosen = self.options.postprocess

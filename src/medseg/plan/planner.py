@@ -70,6 +70,23 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def runtime_precision(planned: str, device_type: str = "cpu") -> str:
+    """The precision to compute in *here*: the plan's bf16 only where this device computes bf16 in hardware.
+
+    A plan records the machine that made it, and a bundle travels: planned on a GPU or an AVX512-BF16 CPU, it may
+    train or predict on a CPU without native bf16, where torch emulates it. There a hippocampus training step ran
+    2.6x slower in bf16 than in fp32 (`benchmarks/train_throughput.py`) and prediction 3x slower
+    (`benchmarks/predict_precision.py`), so such a device computes in fp32.
+    """
+    if planned != "bf16":
+        return "fp32"
+    if device_type == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 @dataclass(frozen=True)
 class Budget:
     """Compute limits a plan must respect, per machine kind and network dimension."""

@@ -113,7 +113,7 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
         if is_main_process():
             write_bundle_fold(bundle, plan, fold, folder / "last.safetensors", metrics)
             if val_cases:
-                tta[fold] = measure_tta(trainer.model, plan, val_cases)
+                tta[fold] = measure_tta(trainer.model, plan, val_cases, trainer.precision)
                 evaluate_fold(plan, trainer.final_predictions, {c.case_id: c for c in val_cases},
                               folder / "validation")
                 pooled += trainer.final_predictions

@@ -34,7 +34,7 @@ def _mean_dice(predictions: list[torch.Tensor], cases: list[CachedCase], plan: P
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
 
-def measure_tta(model: nn.Module, plan: Plan, cases: list[CachedCase]) -> dict[str, Any]:
+def measure_tta(model: nn.Module, plan: Plan, cases: list[CachedCase], precision: str) -> dict[str, Any]:
     """Dice and seconds a case with and without mirror TTA on up to ``TTA_CASES`` validation cases."""
     cases = cases[:TTA_CASES]
     result: dict[str, Any] = {"cases": len(cases)}
@@ -44,7 +44,7 @@ def measure_tta(model: nn.Module, plan: Plan, cases: list[CachedCase]) -> dict[s
         start = time.perf_counter()
         predictions = [predict_logits(model, torch.from_numpy(np.array(c.data)), plan.patch_size,
                                       overlap=plan.sliding_window_overlap, mirror_axes=axes,
-                                      precision=plan.precision).argmax(0) for c in cases]
+                                      precision=precision).argmax(0) for c in cases]
         result[f"dice_{name}"] = round(_mean_dice(predictions, cases, plan), 4)
         result[f"seconds_{name}"] = round((time.perf_counter() - start) / max(len(cases), 1), 3)
     result["tta"] = bool(result["dice_tta"] > result["dice_plain"] + TTA_MIN_GAIN)

@@ -27,6 +27,7 @@ from medseg.infer.sliding import autocast_context, predict_logits
 from medseg.losses import build_loss
 from medseg.models import build_network
 from medseg.plan import Plan
+from medseg.plan.planner import runtime_precision
 from medseg.preprocess import CachedCase
 from medseg.runtime import keep_freed_memory
 from medseg.train.checkpoint import load_state, load_weights, save_state, save_weights
@@ -91,6 +92,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
             else torch.device("cpu")
+        self.precision = runtime_precision(plan.precision, self.device.type)
         # Contiguous (NCDHW) layout: channels_last_3d measured 10-35% slower for these widths on this CPU.
         self.model = build_network(plan).to(self.device)
         self.network: nn.Module = self.model
@@ -165,7 +167,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self._step_progress if dist.is_initialized() else self.progress())
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.plan.precision):
+        with autocast_context(self.device, self.precision):
             output = self.network(images)
         loss = self.loss(output, labels)
         loss.backward()
@@ -184,7 +186,7 @@ class Trainer:
             self.final_predictions = []
         for case in cases:
             logits = predict_logits(self.model, torch.from_numpy(np.array(case.data)), self.plan.patch_size,
-                                    overlap=self.plan.sliding_window_overlap, precision=self.plan.precision)
+                                    overlap=self.plan.sliding_window_overlap, precision=self.precision)
             prediction = logits.argmax(0)
             if final:  # kept (int8, network grid) for post-processing choice and evaluation after training
                 self.final_predictions.append((case.case_id, prediction.numpy().astype(np.int8)))
@@ -337,6 +339,6 @@ class Trainer:
             for hook in self.hooks:
                 hook.on_end(self)
         metrics = metrics | {"steps": self.state.step, "elapsed_s": round(self.elapsed(), 2),
-                             "stopped_early": self.state.stopped_early,
+                             "stopped_early": self.state.stopped_early, "precision": self.precision,
                              "processes": dist.get_world_size() if dist.is_initialized() else 1}
         return metrics
