@@ -49,8 +49,8 @@ class Machine:
 
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            return cls("cuda", os.cpu_count() or 1, int(props.total_memory), torch.cuda.is_bf16_supported())
-        return cls("cpu", os.cpu_count() or 1, _physical_memory(), cpu_has_native_bf16())
+            return cls("cuda", os.cpu_count() or 1, int(props.total_memory), native_bf16("cuda"))
+        return cls("cpu", os.cpu_count() or 1, _physical_memory(), native_bf16("cpu"))
 
 
 def _physical_memory() -> int:
@@ -70,6 +70,15 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def native_bf16(device_type: str) -> bool:
+    """Whether a ``cuda`` or ``cpu`` device here computes bf16 in hardware: what planning and running both ask."""
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
 def runtime_precision(planned: str, device_type: str = "cpu") -> str:
     """The precision to compute in *here*: the plan's bf16 only where this device computes bf16 in hardware.
 
@@ -78,13 +87,7 @@ def runtime_precision(planned: str, device_type: str = "cpu") -> str:
     2.6x slower in bf16 than in fp32 (`benchmarks/train_throughput.py`) and prediction 3x slower
     (`benchmarks/predict_precision.py`), so such a device computes in fp32.
     """
-    if planned != "bf16":
-        return "fp32"
-    if device_type == "cuda":
-        import torch
-
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if planned == "bf16" and native_bf16(device_type) else "fp32"
 
 
 @dataclass(frozen=True)
