@@ -1,4 +1,5 @@
-"""ONNX export with a parity check, the onnxruntime backend, and DICOM SEG output."""
+"""ONNX export with a parity check, the onnxruntime backend, and `medseg predict --format dicom-seg` (the SEG
+writer itself is tested in test_dicom_seg)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from builders import blob_case, run_cli, write_series
 from medseg.bundle import load_bundle
 from medseg.errors import MedsegError
 from medseg.export.onnx import export_onnx, onnx_paths, parity_check
 from medseg.infer.predict import PredictOptions, Predictor
 from medseg.io import read_image, write_image
+from medseg.io.dicom_seg import read_dicom_seg
 from medseg.preprocess import preprocess_image
-from synthetic import blob_case
-from test_predict import run_cli
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIPPOCAMPUS = SHARED / "msd_hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"
-LIVER = SHARED / "dicom_ct_liver_seg"
 
 
 def _sample_case(plan) -> np.ndarray:
@@ -89,40 +89,7 @@ def test_onnxruntime_backend_predicts_like_torch_and_needs_an_export(tmp_path, b
     assert manifest["backend"] == "onnxruntime" and len(manifest["cases"]) == 1
 
 
-def _liver_series(tmp_path: Path) -> Path:
-    if (LIVER / "ct").is_dir():
-        return LIVER / "ct"
-    from test_dicom import write_series
-
-    write_series(tmp_path / "series", n=3)
-    return tmp_path / "series"
-
-
-def test_dicom_seg_round_trip_reproduces_the_label_map(tmp_path):
-    from medseg.export.dicom_seg import write_dicom_seg
-    from medseg.io.dicom import read_dicom_seg
-
-    series = _liver_series(tmp_path)
-    ct = read_image(series)
-    labels = np.zeros(ct.shape, np.uint8)
-    z, y, x = ct.shape
-    labels[0, y // 4: y // 2, x // 4: x // 2] = 1
-    labels[1:, y // 2: 3 * y // 4, x // 3: 2 * x // 3] = 2
-    labels[-1, :3, :3] = 1
-    path = write_dicom_seg(labels, series, tmp_path / "pred.seg.dcm", {0: "background", 1: "liver", 2: "tumour"},
-                           sop_instance_uids=ct.meta["sop_instance_uids"])
-    back = read_dicom_seg(path, series)
-    np.testing.assert_array_equal(back.array[0], labels)
-    assert back.same_geometry(ct)
-    assert back.meta["segment_labels"] == {1: "liver", 2: "tumour"}
-    assert back.meta["referenced_series_instance_uids"] == [ct.meta["series_instance_uid"]]
-    with pytest.raises(MedsegError, match="does not match the series"):
-        write_dicom_seg(labels[:, :-1], series, tmp_path / "bad.dcm", {1: "liver", 2: "tumour"})
-
-
 def test_predict_writes_dicom_seg_for_a_dicom_series(tmp_path, bundle_3d):
-    from medseg.io.dicom import read_dicom_seg
-    from test_dicom import write_series
 
     write_series(tmp_path / "series", n=4)
     out = tmp_path / "out"

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from builders import shared
 from medseg.errors import ImageReadError
 from medseg.io import Image, read_image, write_image
-
-from conftest import shared
 
 
 def oblique_image(channels: int = 1) -> Image:

@@ -14,19 +14,13 @@ from medseg.errors import ImageReadError
 from medseg.io.image import Image
 from medseg.io.itk import ITK_SUFFIXES, read_itk, write_itk
 from medseg.io.nifti import NIFTI_SUFFIXES, read_nifti, write_nifti
+from medseg.io.paths import CHANNEL_FILE, image_stem, image_suffix
 from medseg.io.raster import RASTER_SUFFIXES, read_raster, write_raster
 
-__all__ = ["Image", "ImageReadError", "read_image", "write_image", "image_suffix", "IMAGE_SUFFIXES"]
+__all__ = ["Image", "ImageReadError", "read_image", "write_image", "image_suffix", "IMAGE_SUFFIXES",
+           "CHANNEL_FILE", "image_stem"]
 
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES + RASTER_SUFFIXES + (".dcm", ".zip")
-
-
-def image_suffix(path: str | Path) -> str:
-    """The format suffix of a path, lower case, with ``.nii.gz`` kept whole."""
-    name = Path(path).name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return Path(name).suffix
 
 
 def read_image(path: str | Path, series_uid: str | None = None) -> Image:
@@ -36,7 +30,7 @@ def read_image(path: str | Path, series_uid: str | None = None) -> Image:
         raise ImageReadError("does not exist", path, "check the path")
     suffix = image_suffix(path)
     if path.is_dir() or suffix == ".zip":
-        from medseg.io.dicom import read_dicom_series
+        from medseg.io.dicom_series import read_dicom_series
 
         return read_dicom_series(path, series_uid=series_uid)
     if path.stat().st_size == 0:
@@ -85,7 +79,8 @@ def _read_dicom_file(path: Path, series_uid: str | None) -> Image:
     """A single DICOM file: a SEG becomes a label map; an image file reads its whole series from its folder."""
     import pydicom
 
-    from medseg.io.dicom import read_dicom_seg, read_dicom_series
+    from medseg.io.dicom_seg import read_dicom_seg
+    from medseg.io.dicom_series import read_dicom_series
 
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)

@@ -88,7 +88,7 @@ def write_raster(image: Image, path: Path) -> None:
 
 
 def _to_8_or_16_bit(array: np.ndarray, path: Path) -> np.ndarray:
-    if array.dtype == np.uint8 or array.dtype == bool:
+    if array.dtype in (np.uint8, bool):
         return array.astype(np.uint8)
     if np.issubdtype(array.dtype, np.integer) and array.min() >= 0:
         if array.max() <= 255:

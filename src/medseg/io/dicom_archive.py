@@ -1,0 +1,140 @@
+"""The files of a DICOM folder or ``.zip`` archive, and parsing one of them with pydicom.
+
+    with DicomArchive("series.zip") as archive:          # or a folder, searched recursively
+        for member in archive.members:
+            dataset = archive.read_dataset(member, headers_only=True)   # None for non-DICOM files and DICOMDIR
+
+A zip is opened once for everything read through the :class:`DicomArchive` (its central directory is parsed once,
+not again for every member). Members are read into memory, never extracted, and members with absolute names,
+drive letters or ``..`` are refused when the archive is opened.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from medseg.errors import ImageReadError
+
+__all__ = ["ArchiveMember", "DicomArchive"]
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+_CORRUPT_FIX = "the file is truncated or corrupt; re-export or re-copy it, or remove it from the folder"
+
+
+@dataclass(frozen=True)
+class ArchiveMember:
+    """One file of a DICOM folder or zip archive."""
+
+    name: str  # relative to the folder / the member name in the archive (shown to users)
+    root: Path  # the folder or the archive
+    in_zip: bool
+
+    @property
+    def location(self) -> str:
+        """Where the file lies, for messages and ``meta["source_files"]``."""
+        return f"{self.root}/{self.name}" if self.in_zip else str(self.root / self.name)
+
+
+class DicomArchive:
+    """A folder (searched recursively) or zip archive of DICOM files, open for reading.
+
+    ``members`` lists every file, sorted by name. Use it as a context manager (or call :meth:`close`) so that a
+    zip is closed when done.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._zip: zipfile.ZipFile | None = None
+        if not self.path.exists():
+            raise ImageReadError("does not exist", self.path, "check the path")
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.rglob("*") if p.is_file())
+            self.members = [ArchiveMember(p.relative_to(self.path).as_posix(), self.path, False) for p in files]
+        else:
+            self._zip = _open_zip(self.path)
+            try:
+                self.members = _zip_members(self._zip, self.path)
+            except BaseException:
+                self.close()
+                raise
+
+    def __enter__(self) -> DicomArchive:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the zip (nothing to do for a folder); the members cannot be read afterwards."""
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def open(self, member: ArchiveMember) -> BinaryIO:
+        """A binary file object: the file itself, or the zip member read into memory. The caller closes it."""
+        if member.in_zip:
+            if self._zip is None:
+                raise ValueError(f"{self.path} is closed")
+            return io.BytesIO(self._zip.read(member.name))
+        return open(member.root / member.name, "rb")
+
+    def read_dataset(self, member: ArchiveMember, headers_only: bool) -> Dataset | None:
+        """Parse one member; None when it is not DICOM (no 'DICM' preamble) or is a DICOMDIR."""
+        if PurePosixPath(member.name).name.upper() == "DICOMDIR":
+            return None
+        try:
+            with self.open(member) as handle:
+                dataset = pydicom.dcmread(handle, stop_before_pixels=headers_only)
+        except InvalidDicomError:
+            return None
+        except Exception as exc:  # pydicom raises many exception types for corrupt or truncated files
+            raise ImageReadError(
+                f"cannot read DICOM file ({type(exc).__name__}: {exc})", member.location, _CORRUPT_FIX
+            ) from None
+        sop_class = str(getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        if sop_class == _DICOMDIR_SOP_CLASS:
+            return None
+        return dataset
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """Open the archive once; a file that is no zip at all gets its own message."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        if not zipfile.is_zipfile(path):  # only on failure: no second read of a good archive
+            raise ImageReadError(
+                "is neither a folder nor a zip archive of DICOM files", path, "give the series folder or a .zip of it"
+            ) from None
+        raise ImageReadError(f"cannot open zip archive ({exc})", path, "re-create or re-copy the archive") from None
+
+
+def _zip_members(archive: zipfile.ZipFile, path: Path) -> list[ArchiveMember]:
+    members = []
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        _check_member_name(info.filename, path)
+        members.append(ArchiveMember(info.filename, path, in_zip=True))
+    return sorted(members, key=lambda m: m.name)
+
+
+def _check_member_name(name: str, archive: Path) -> None:
+    """Refuse members that would point outside the archive (absolute names, drive letters, ``..``)."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or (posix.parts and posix.parts[0].endswith(":")):
+        raise ImageReadError(
+            f"zip member '{name}' has an unsafe path (absolute or containing '..')",
+            archive,
+            "re-create the archive with relative member names",
+        )
