@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/predict_precision.py --bundle DIR [--shape 120 160 160] [--repeats 2]
 Why: a bundle records the precision of the machine that trained it. This measures what bf16 costs or saves on
-*this* CPU, which decides ``medseg.plan.planner.runtime_precision`` (bf16 only with native bf16 in hardware).
+*this* CPU, which decides ``medseg.runtime.runtime_precision`` (bf16 only with native bf16 in hardware).
 A random volume is enough: the time does not depend on the values. Prints one JSON line, with the precision
 that prediction would choose here.
 """
@@ -18,8 +18,7 @@ from _common import emit
 
 from medseg.bundle import load_bundle
 from medseg.infer.sliding import predict_logits
-from medseg.plan.planner import cpu_has_native_bf16, runtime_precision
-from medseg.runtime import keep_freed_memory
+from medseg.runtime import cpu_has_native_bf16, keep_freed_memory, runtime_precision
 
 
 def main() -> None:

@@ -16,11 +16,10 @@ from _common import data_set, emit
 from torch.utils.flop_counter import FlopCounterMode
 
 from medseg.data import check_dataset, discover_dataset
-from medseg.infer.sliding import autocast_context
 from medseg.losses import build_loss
 from medseg.models import build_network
 from medseg.plan import fingerprint_from_report, make_plan
-from medseg.runtime import keep_freed_memory
+from medseg.runtime import autocast_context, keep_freed_memory
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:

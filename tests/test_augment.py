@@ -200,10 +200,22 @@ def test_works_under_no_grad_and_with_per_channel_parameters():
     assert out.shape == image.shape and not out.requires_grad
 
 
+def test_config_lives_with_the_plan_and_is_re_exported():
+    """The plan carries the config, so it is defined in the plan package; ``medseg.augment`` re-exports it."""
+    from medseg.plan import AugmentConfig as from_plan
+
+    assert AugmentConfig is from_plan
+    assert AugmentConfig.__module__ == "medseg.plan.augment_config"
+
+
 def test_config_json_round_trip_and_validation():
     config = AugmentConfig(rotate_deg=(-15.0, 15.0), mirror_axes=(1, 2), p_elastic=0.1)
     restored = AugmentConfig.from_dict(json.loads(json.dumps(asdict(config))))
     assert restored == config
+    # to_dict is plan.json's form: JSON types already (lists, not tuples), equal to its own JSON round trip
+    plain = config.to_dict()
+    assert plain == json.loads(json.dumps(plain)) and plain["mirror_axes"] == [1, 2]
+    assert AugmentConfig.from_dict(plain) == config and AugmentConfig.from_dict({}) == AugmentConfig()
     with pytest.raises(ValueError):
         AugmentConfig(p_rotate=1.5)
     with pytest.raises(ValueError):

@@ -9,11 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from builders import shared
 from medseg.data import check_dataset, discover_dataset, make_splits, parse_labels
-from medseg.errors import DatasetError
+from medseg.data.split import Fold, Splits, load_splits, write_splits
+from medseg.errors import DatasetError, MedsegError
 from medseg.io import Image, write_image
-
-from conftest import shared
 
 
 def make_decathlon(root: Path, cases: int = 4, channels: int = 1, shape=(6, 7, 8)) -> Path:
@@ -98,7 +98,7 @@ def test_check_reports_every_problem_with_file_and_fix(tmp_path):
     assert "stray.nii.gz: is a mask without an image" in text
     assert "case_001.nii.gz: mask size 6x7x9 differs from image size 6x7x8" in text
     assert "case_002.nii.gz: mask has value(s) [7] outside the declared labels [0, 1, 2]" in text
-    assert "case_003_0000.nii.gz: image has 1 NaN/Inf voxels" in text or "channel 0 has 1 NaN/Inf" in text
+    assert "case_003_0000.nii.gz: channel 0 has 1 NaN/Inf voxels" in text  # a 2-channel case names the channel
     assert "case_004_0001.nii.gz: channel 1 is constant" in text
     assert "case_005_0000.nii.gz: cannot read NIfTI" in text
     assert "case_006_0001.nii.gz: channel grid differs" in text
@@ -150,12 +150,36 @@ def test_splits_are_deterministic_disjoint_and_respect_test(tmp_path):
     a = make_splits(dataset, folds=5, seed=0)
     assert a == make_splits(dataset, folds=5, seed=0)
     assert a != make_splits(dataset, folds=5, seed=1)
-    assert a["test"] == ["img10", "img11"]
-    vals = [cid for s in a["splits"] for cid in s["val"]]
+    assert a.test == ["img10", "img11"] and (a.seed, a.stratified) == (0, False)
+    vals = [cid for s in a.folds for cid in s.val]
     assert sorted(vals) == sorted(f"img{i}" for i in range(10))  # every training case validated exactly once
-    for s in a["splits"]:
-        assert not set(s["train"]) & set(s["val"])
-        assert not (set(s["train"]) | set(s["val"])) & {"img10", "img11"}
+    for s in a.folds:
+        assert not set(s.train) & set(s.val)
+        assert not (set(s.train) | set(s.val)) & {"img10", "img11"}
+
+
+def test_few_cases_make_as_many_folds_as_cases_and_one_case_trains_without_validation(tmp_path):
+    root = make_2d(tmp_path / "ds", cases=3)
+    (root / "split.json").write_text(json.dumps({"train": ["img0", "img1"], "test": ["img2"]}))
+    two = make_splits(discover_dataset(root), folds=5, seed=0)
+    assert [(f.train, f.val) for f in two.folds] == [(["img1"], ["img0"]), (["img0"], ["img1"])]
+    assert two.notes == ["2 training case(s) cannot make 5 folds: made 2 instead (one case validates each)"]
+    assert load_splits(write_splits(two, tmp_path / "two.json")) == two  # the note travels in splits.json
+
+    (root / "split.json").write_text(json.dumps({"train": ["img0"], "test": ["img1", "img2"]}))
+    one = make_splits(discover_dataset(root), folds=5, seed=0)
+    assert [(f.train, f.val) for f in one.folds] == [(["img0"], [])]  # the test list is never trained on
+    assert one.notes == ["1 training case(s) cannot make 5 folds: made 1 instead (trains on it, without validation)"]
+    assert one.cases("none") == (["img0"], []) and one.fold_names("0") == ["0"]
+
+    (root / "split.json").unlink()
+    single = make_splits(discover_dataset(root), folds=1, seed=0)
+    assert [(f.train, f.val) for f in single.folds] == [(["img0", "img1", "img2"], [])] and single.notes == []
+    with pytest.raises(DatasetError, match="--folds 0 is too few"):
+        make_splits(discover_dataset(root), folds=0)
+    (root / "split.json").write_text(json.dumps({"train": [], "test": ["img0", "img1", "img2"]}))
+    with pytest.raises(DatasetError, match="has no training case outside split.json's test list"):
+        make_splits(discover_dataset(root), folds=5)
 
 
 def test_stratified_split_balances_prefixes(tmp_path):
@@ -166,9 +190,30 @@ def test_stratified_split_balances_prefixes(tmp_path):
                     root / "images" / f"{name}.png")
         write_image(Image.from_array(np.eye(4, dtype=np.uint8)[None]), root / "masks" / f"{name}.png")
     splits = make_splits(discover_dataset(root), folds=5, seed=0, stratify=True)
-    for s in splits["splits"]:
-        assert sum(c.startswith("JPCNN") for c in s["val"]) == 1
-        assert sum(c.startswith("JPCLN") for c in s["val"]) == 2
+    for s in splits.folds:
+        assert sum(c.startswith("JPCNN") for c in s.val) == 1
+        assert sum(c.startswith("JPCLN") for c in s.val) == 2
+
+
+def test_splits_json_keeps_its_format_and_old_files_load(tmp_path):
+    splits = Splits([Fold(["b", "c"], ["a"]), Fold(["a"], ["b", "c"])], test=["t"], seed=3, stratified=True)
+    path = write_splits(splits, tmp_path / "splits.json")
+    assert json.loads(path.read_text()) == {"folds": 2, "seed": 3, "stratified": True, "test": ["t"],
+                                            "splits": [{"train": ["b", "c"], "val": ["a"]},
+                                                       {"train": ["a"], "val": ["b", "c"]}]}
+    assert load_splits(path) == splits
+    (tmp_path / "old.json").write_text(json.dumps({"folds": 2, "splits": [{"train": ["b"], "val": ["a"]},
+                                                                          {"train": ["a"], "val": ["b"]}]}))
+    old = load_splits(tmp_path / "old.json")  # no seed, stratified or test: the defaults
+    assert old == Splits([Fold(["b"], ["a"]), Fold(["a"], ["b"])], test=[], seed=0, stratified=False)
+    assert old.fold_names("all") == ["0", "1"] and old.fold_names("1") == ["1"] and old.fold_names("none") == ["none"]
+    assert old.cases("1") == (["a"], ["b"]) and old.cases("none") == (["a", "b"], [])
+    with pytest.raises(MedsegError, match="fold '2' does not exist"):
+        old.fold_names("2")
+    for bad in ({"folds": 2}, {"splits": [{"train": ["a"]}]}):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(DatasetError, match="is not a medseg splits file"):
+            load_splits(tmp_path / "bad.json")
 
 
 # ---- real data -------------------------------------------------------------------------------------------

@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from typing import get_args
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from builders import make_2d_dataset, make_3d_dataset, shared
+from medseg import runtime
+from medseg.augment import AugmentConfig as AugmentConfigFromAugment
+from medseg.cli import app
 from medseg.data import check_dataset, discover_dataset
 from medseg.data.check import boundary_counts
 from medseg.errors import MedsegError
-from medseg.plan import Fingerprint, Machine, Plan, fingerprint_from_report, make_plan
+from medseg.losses import LOSS_NAMES
+from medseg.models import MODEL_NAMES
+from medseg.plan import (
+    AugmentConfig,
+    Fingerprint,
+    LossName,
+    Machine,
+    ModelName,
+    OptimizerName,
+    Plan,
+    Precision,
+    fingerprint_from_report,
+    make_plan,
+)
 from medseg.plan.fingerprint import ChannelIntensity
 from medseg.plan.planner import estimate_training_bytes
-from synthetic import make_2d_dataset, make_3d_dataset
-
-from conftest import shared
+from medseg.runtime import runtime_precision
 
 CPU = Machine("cpu", cores=2, memory_bytes=24 << 30, bf16=True)
 
@@ -53,8 +72,9 @@ def test_plan_2d_and_memory_fallback(tmp_path):
     # Memory for a 32x32 patch but not for 64x64: a smaller plan, not a crash.
     fits_half = estimate_training_bytes([32, 32], plan.strides, plan.features, plan.batch_size) / 0.4
     small = make_plan(fp, machine=Machine("cpu", cores=2, memory_bytes=int(fits_half * 1.05), bf16=False))
-    assert small.patch_size == [32, 64] or small.patch_size == [32, 32], small.patch_size
-    assert small.precision == "fp32" and "reduced to fit memory" in " ".join(small.notes)
+    # halved along the largest axis while it does not fit: 64x64 -> 32x64 (still too big) -> 32x32
+    assert small.patch_size == [32, 32] and small.batch_size == 2
+    assert small.precision == "fp32" and small.notes.count("patch/batch reduced to fit memory") == 2
     with pytest.raises(MedsegError, match="not enough memory"):
         make_plan(fp, machine=Machine("cpu", cores=2, memory_bytes=1000, bf16=False))
 
@@ -89,8 +109,9 @@ def test_gpu_plans_keep_nnunet_sgd_and_an_explicit_choice_wins(tmp_path):
     gpu = Machine("cuda", cores=8, memory_bytes=40 << 30, bf16=True)
     assert (make_plan(fp, machine=gpu).optimizer, make_plan(fp, machine=gpu).learning_rate) == ("sgd", 0.01)
     assert make_plan(fp, machine=CPU, optimizer="sgd").optimizer == "sgd"
-    with pytest.raises(MedsegError, match="unknown optimizer"):
+    with pytest.raises(MedsegError, match="plan field 'optimizer' has unknown value 'lbfgs'") as info:
         make_plan(fp, machine=CPU, optimizer="lbfgs")
+    assert info.value.fix == "use one of: sgd, adamw"
 
 
 def test_boundary_counts_measure_depth_of_squares_and_strips():
@@ -149,8 +170,82 @@ def test_labels_told_apart_by_side_are_not_mirrored_across_it(tmp_path):
                                class_centroid_median={0: [0.5, 0.5], 1: [0.45, 0.28], 2: [0.45, 0.72],
                                                       3: [0.6, 0.55]})
     plan = make_plan(xray, machine=CPU)
-    assert plan.mirror_axes == (0,) and plan.augment["mirror_axes"] == [0]
+    assert plan.mirror_axes == (0,) and plan.augment.mirror_axes == (0,)
+    assert plan.to_dict()["augment"]["mirror_axes"] == [0]  # plan.json keeps the plain dict
     assert "not mirrored along axes [1]" in " ".join(plan.notes)
     assert Plan.from_dict(json.loads(plan.to_json())).mirror_axes == (0,)
     # blobs anywhere: every axis mirrored, as nnU-Net does
     assert make_plan(fingerprint(make_2d_dataset(tmp_path / "ds")), machine=CPU).mirror_axes == (0, 1)
+
+
+# ---- the typed plan ---------------------------------------------------------------------------------------
+
+
+def test_plan_choices_are_checked_when_made_and_loaded(tmp_path):
+    plan = make_plan(_xray_fingerprint({}), machine=CPU)
+    cases = [("model", "unet3d", get_args(ModelName)), ("loss", "bce", get_args(LossName)),
+             ("optimizer", "lbfgs", get_args(OptimizerName)), ("precision", "fp16", get_args(Precision))]
+    for name, bad, allowed in cases:
+        with pytest.raises(MedsegError) as made:
+            dataclasses.replace(plan, **{name: bad})
+        assert made.value.what == f"plan field {name!r} has unknown value {bad!r}"
+        assert made.value.fix == f"use one of: {', '.join(allowed)}"
+        (tmp_path / "plan.json").write_text(json.dumps(plan.to_dict() | {name: bad}))
+        with pytest.raises(MedsegError) as loaded:
+            Plan.load(tmp_path / "plan.json")
+        assert loaded.value.path == str(tmp_path / "plan.json") and loaded.value.what == made.value.what
+    with pytest.raises(MedsegError, match="plan field 'model' has unknown value 'vit'"):
+        make_plan(_xray_fingerprint({}), machine=CPU, model="vit")
+
+
+def test_plan_augment_is_a_config_and_plan_json_keeps_its_dict(tmp_path):
+    plan = make_plan(_xray_fingerprint({}), machine=CPU)
+    assert isinstance(plan.augment, AugmentConfig) and AugmentConfigFromAugment is AugmentConfig
+    data = json.loads(plan.to_json())
+    assert data["augment"] == plan.augment.to_dict() == json.loads(json.dumps(plan.augment.to_dict()))
+    assert set(data["augment"]) == {f.name for f in dataclasses.fields(AugmentConfig)}
+    assert Plan.from_dict(data) == plan
+    # an old plan.json: augment {} means every default, all axes mirrored
+    old = Plan.from_dict(data | {"augment": {}})
+    assert old.augment == AugmentConfig() and old.mirror_axes == (0, 1)
+    with pytest.raises(MedsegError, match="unknown augmentation settings"):
+        Plan.from_dict(data | {"augment": {"p_rotat": 0.2}}, tmp_path / "plan.json")
+
+
+def test_registries_and_cli_choices_match_the_plan_literals():
+    """The registries keep their own lookup (build_model, build_loss); their names are the plan's choices."""
+    assert set(MODEL_NAMES) == set(get_args(ModelName)) and len(MODEL_NAMES) == len(get_args(ModelName))
+    assert set(LOSS_NAMES) == set(get_args(LossName)) and len(LOSS_NAMES) == len(get_args(LossName))
+    runner = CliRunner()
+    for command, option, literal in (("train", "--model", ModelName), ("train", "--loss", LossName),
+                                     ("train", "--optimizer", OptimizerName), ("plan", "--model", ModelName)):
+        extra = ["-o", "run", "--epochs", "1"] if command == "train" else []
+        result = runner.invoke(app, [command, "missing_data", *extra, option, "bogus"])
+        text = " ".join(result.output.replace("│", " ").split())  # the error box, unwrapped
+        assert result.exit_code == 2 and option in text, text  # refused by the option parser, before any work
+        assert f"one of {', '.join(repr(v) for v in get_args(literal))}." in text, text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_runtime_precision_keeps_bf16_only_on_native_hardware(monkeypatch, native):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    assert runtime_precision("bf16") == ("bf16" if native else "fp32")
+    assert runtime_precision("fp32") == "fp32"
+
+
+def test_planning_imports_no_torch():
+    """`medseg plan` needs torch only for Machine.detect's GPU question, and the CLI starts without the planner."""
+    code = """if True:
+        import sys
+        import medseg.cli
+        assert not {"numpy", "torch", "medseg.plan.planner"} & set(sys.modules), sorted(sys.modules)
+        from medseg.plan import ChannelIntensity, Fingerprint, Machine, make_plan
+        fp = Fingerprint(dataset_name="xr", dim=2, channels=1, channel_names={}, labels={0: "bg", 1: "organ"},
+                         num_cases=10, spacings=[[1.0, 1.0]] * 10, shapes=[[64, 64]] * 10,
+                         intensities=[ChannelIntensity(100, 50, 0, 255, 0, 255)], class_voxels_median={1: 200.0})
+        make_plan(fp, machine=Machine("cpu", cores=2, memory_bytes=8 << 30, bf16=False)).to_json()
+        print(sorted({"torch", "medseg.augment.batch"} & set(sys.modules)))
+    """
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

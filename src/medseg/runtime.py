@@ -1,17 +1,26 @@
-"""Process-level tuning that makes CPU training and inference faster here.
+"""What the process computes on: native bf16, the precision to run a plan in, autocast, and CPU memory tuning.
 
-glibc returns every large free()d block to the kernel (mmap threshold 128 KiB, trim threshold 128 KiB), so each
-training step maps its activation buffers afresh and page-faults them in again. On this kind of virtual machine
-those faults cost more than half of a 3D step (measured: aten::resize_/empty_like/as_strided_ at about 50% of
-the profile; a 3D U-Net step fell from about 6 s to 3 s median). Keeping freed memory in the process is what
-PyTorch's own CUDA caching allocator does on GPU; on CPU we ask glibc for it with mallopt.
+The lowest layer: it imports nothing from medseg, and torch only inside the functions that need it, so that
+planning (``medseg plan``) can ask whether the CPU computes bf16 without loading torch.
+
+Memory tuning: glibc returns every large free()d block to the kernel (mmap threshold 128 KiB, trim threshold
+128 KiB), so each training step maps its activation buffers afresh and page-faults them in again. On the 2-core VM
+of ``benchmarks/results.md`` those faults cost more than half of a 3D step in a profile (aten::resize_/empty_like/
+as_strided_ at about 50%; a 3D U-Net step fell from about 6 s to 3 s median), and ``benchmarks/predict_precision.py``
+timed a sliding window at 5.2 s without the setting against 3.8 s with it. Keeping freed memory in the process is
+what PyTorch's own CUDA caching allocator does on GPU; on CPU we ask glibc for it with mallopt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -23,7 +32,7 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 
 
     Idempotent; a no-op (False) off Linux/glibc. Peak memory is unchanged: freed memory is reused, not grown.
     """
-    global _tuned
+    global _tuned  # noqa: PLW0603 - one process-wide setting: glibc's allocator is process-wide too
     if _tuned:
         return True
     if not sys.platform.startswith("linux"):
@@ -36,3 +45,45 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 
         return False
     _tuned = ok
     return ok
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the running CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether this machine's ``cuda`` or ``cpu`` device computes bf16 in hardware: what planning and running ask.
+
+    Only the ``cuda`` question imports torch.
+    """
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
+def runtime_precision(planned: str, device_type: str = "cpu") -> str:
+    """The precision to compute in on this machine: the plan's bf16 only where the device computes bf16 in hardware.
+
+    A plan records the machine that made it, and a bundle travels: planned on a GPU or an AVX512-BF16 CPU, it may
+    train or predict on a CPU without native bf16, where torch emulates it. There a hippocampus training step ran
+    2.6x slower in bf16 than in fp32 (`benchmarks/train_throughput.py`) and prediction 3x slower
+    (`benchmarks/predict_precision.py`), so such a device computes in fp32.
+    """
+    return "bf16" if planned == "bf16" and native_bf16(device_type) else "fp32"
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision == "bf16"``, else a no-op context (fp32)."""
+    if precision == "bf16":
+        import torch
+
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

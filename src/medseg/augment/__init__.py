@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medseg.augment.config import AugmentConfig
+from medseg.plan.augment_config import AugmentConfig  # defined with the plan that carries it
 
 __all__ = ["AugmentConfig", "BatchAugmenter"]
 

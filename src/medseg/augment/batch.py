@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from medseg.augment import intensity
-from medseg.augment.config import AugmentConfig
 from medseg.augment.spatial import elastic_displacement, resample, sampling_grid, sampling_matrix
+from medseg.plan.augment_config import AugmentConfig
 
 
 class BatchAugmenter:

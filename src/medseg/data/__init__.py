@@ -10,10 +10,10 @@ from medseg.data.dataset import (
     load_case_label,
     parse_labels,
 )
-from medseg.data.split import load_splits, make_splits, write_splits
+from medseg.data.split import Fold, Splits, load_splits, make_splits, write_splits
 
 __all__ = [
-    "Case", "CaseStats", "CheckReport", "Dataset", "Problem", "analyse_case", "check_dataset",
+    "Case", "CaseStats", "CheckReport", "Dataset", "Fold", "Problem", "Splits", "analyse_case", "check_dataset",
     "discover_dataset", "load_case_image", "load_case_label", "load_splits", "make_splits", "parse_labels",
     "write_splits",
 ]

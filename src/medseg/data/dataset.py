@@ -22,7 +22,6 @@ first one.
 from __future__ import annotations
 
 import json
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import DatasetError, ImageReadError
-from medseg.io import IMAGE_SUFFIXES, Image, image_suffix, read_image
+from medseg.io import CHANNEL_FILE, IMAGE_SUFFIXES, Image, image_stem, image_suffix, read_image
 
-CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "dataset.json", "split.json", "splits.json"}
 
 
@@ -169,18 +167,13 @@ def _image_files(folder: Path) -> list[Path]:
     )
 
 
-def _strip_suffix(path: Path) -> str:
-    suffix = image_suffix(path)
-    return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
-
-
 def _group_channels(files: list[Path], folder: Path, problems: list[Problem]) -> dict[str, list[Path]]:
     """Group image files into cases: ``<case>_0000.ext`` channel files when every file is named so."""
     unknown = [f for f in files if f.is_file() and image_suffix(f) not in IMAGE_SUFFIXES]
     for f in unknown:
         problems.append(Problem(str(f), "is not an image file medseg reads", "remove it or convert it"))
     files = [f for f in files if f not in unknown]
-    stems = [_strip_suffix(f) for f in files]
+    stems = [image_stem(f) for f in files]
     channel_naming = bool(stems) and all(CHANNEL_FILE.match(s) for s in stems)
     groups: dict[str, list[Path]] = defaultdict(list)
     for f, stem in zip(files, stems):
@@ -188,7 +181,7 @@ def _group_channels(files: list[Path], folder: Path, problems: list[Problem]) ->
         groups[case_id].append(f)
     for case_id, group in groups.items():
         if channel_naming:
-            numbers = sorted(int(CHANNEL_FILE.match(_strip_suffix(f))["channel"]) for f in group)  # type: ignore
+            numbers = sorted(int(CHANNEL_FILE.match(image_stem(f))["channel"]) for f in group)  # type: ignore
             if numbers != list(range(len(numbers))):
                 problems.append(Problem(
                     str(folder / f"{case_id}_*"), f"channel files {numbers} are not 0..{len(numbers) - 1}",
@@ -209,7 +202,7 @@ def _pair_cases(
 ) -> list[Case]:
     masks_by_id: dict[str, list[Path]] = defaultdict(list)
     for m in masks:
-        masks_by_id[_strip_suffix(m)].append(m)
+        masks_by_id[image_stem(m)].append(m)
     cases = []
     for case_id, files in sorted(images.items()):
         found = masks_by_id.get(case_id, [])
@@ -266,19 +259,41 @@ def _discover_decathlon(root: Path) -> Dataset:
             str(meta_path), f"says numTraining {expected} but imagesTr/ holds {len(cases)} cases",
             "fix numTraining or add the missing cases",
         ))
-    for entry in meta.get("training", []) if isinstance(meta.get("training"), list) else []:
-        for key in ("image", "label"):
-            rel = entry.get(key) if isinstance(entry, dict) else None
-            if rel and not (root / rel).exists() and not _channel_file_exists(root / rel):
-                problems.append(Problem(str(meta_path), f"lists {rel}, which does not exist",
-                                        "fix the 'training' list or add the file"))
+    problems.extend(_check_training_list(meta, root, meta_path))
     return Dataset(root, "decathlon", cases, test_images, labels, _channel_names(meta), None, problems,
                    meta.get("name", root.name))
 
 
+def _check_training_list(meta: dict, root: Path, meta_path: Path) -> list[Problem]:
+    """Problems of ``dataset.json``'s ``training`` list: MSD's ``{"image": "x", "label": "y"}`` entries, or the
+    MONAI/Auto3DSeg datalist form where ``image`` is a list of channel files. Listed files must exist."""
+    training = meta.get("training", [])
+    if not isinstance(training, list):
+        return [Problem(str(meta_path), "'training' is not a list", 'write "training": [{"image": ..., "label": ...}]')]
+    problems = []
+    for index, entry in enumerate(training):
+        if not isinstance(entry, dict):
+            problems.append(Problem(str(meta_path), f"training entry {index} is not an object",
+                                    'write {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}'))
+            continue
+        for key in ("image", "label"):
+            value = entry.get(key)
+            paths = value if isinstance(value, list) else [value]
+            for rel in paths:
+                if rel is None:
+                    continue
+                if not isinstance(rel, str):
+                    problems.append(Problem(str(meta_path), f"training entry {index}: {key} {rel!r} is not a file "
+                                            "name", "give a path relative to the data set folder, or a list of them"))
+                elif not (root / rel).exists() and not _channel_file_exists(root / rel):
+                    problems.append(Problem(str(meta_path), f"lists {rel}, which does not exist",
+                                            "fix the 'training' list or add the file"))
+    return problems
+
+
 def _channel_file_exists(path: Path) -> bool:
     """MSD lists ``imagesTr/x.nii.gz`` even where the files are ``x_0000.nii.gz``."""
-    stem, suffix = _strip_suffix(path), image_suffix(path)
+    stem, suffix = image_stem(path), image_suffix(path)
     return (path.parent / f"{stem}_0000{suffix}").exists()
 
 

@@ -9,7 +9,6 @@ medseg's CPU plans. ``tests/test_sliding.py`` checks it against MONAI's.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -18,13 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medseg.runtime import autocast_context
+
 SIGMA_SCALE = 0.125  # Gaussian sigma as a fraction of the patch size (nnU-Net and MONAI both use 1/8)
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -113,8 +108,3 @@ def predict_logits(
     for dims in flips:
         logits += torch.flip(run(torch.flip(batch, dims)), dims)
     return (logits / (1 + len(flips)))[0].cpu()
-
-
-def predict_probabilities(model: nn.Module, data: torch.Tensor, patch_size: Sequence[int], **kwargs: object) -> \
-        torch.Tensor:
-    return torch.softmax(predict_logits(model, data, patch_size, **kwargs), dim=0)  # type: ignore[arg-type]

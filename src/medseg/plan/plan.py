@@ -14,6 +14,18 @@ from typing import Any
 from medseg import __version__
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
+from medseg.plan.augment_config import AugmentConfig
+from medseg.plan.choices import (
+    LOSS_CHOICES,
+    MODEL_CHOICES,
+    OPTIMIZER_CHOICES,
+    PRECISION_CHOICES,
+    LossName,
+    ModelName,
+    OptimizerName,
+    Precision,
+    check_choice,
+)
 
 PLAN_VERSION = 1
 
@@ -36,6 +48,9 @@ class ChannelNorm:
 
 @dataclass
 class Plan:
+    """Everything preprocessing, training and inference need; ``model``, ``loss``, ``optimizer`` and ``precision``
+    are checked against their ``Literal`` choices (:mod:`medseg.plan.choices`) when a plan is made or loaded."""
+
     dataset_name: str
     dim: int  # network dimension: 2 or 3
     data_dim: int  # dimension of the images on disk
@@ -46,24 +61,31 @@ class Plan:
     normalization: list[ChannelNorm]
     patch_size: list[int]  # array order
     batch_size: int
-    model: str = "unet"
+    model: ModelName = "unet"
     features: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     strides: list[list[int]] = field(default_factory=list)
     deep_supervision: bool = True
-    loss: str = "dice_ce"
-    optimizer: str = "sgd"
+    loss: LossName = "dice_ce"
+    optimizer: OptimizerName = "sgd"
     learning_rate: float = 0.01
     weight_decay: float = 3e-5
     crop_to_nonzero: bool = True
     foreground_oversample: float = 0.33
-    augment: dict[str, Any] = field(default_factory=dict)
-    precision: str = "fp32"  # "bf16" autocast where the hardware runs it fast
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    precision: Precision = "fp32"  # "bf16" autocast where the hardware runs it fast
     sliding_window_overlap: float = 0.5
     median_shape: list[float] = field(default_factory=list)  # after resampling, array order
     device_kind: str = "cpu"
     notes: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
     medseg_version: str = __version__
+
+    def __post_init__(self) -> None:
+        for name, choices in (("model", MODEL_CHOICES), ("loss", LOSS_CHOICES), ("optimizer", OPTIMIZER_CHOICES),
+                              ("precision", PRECISION_CHOICES)):
+            check_choice(name, getattr(self, name), choices)
+        if isinstance(self.augment, dict):  # plan.json's form (an old plan may hold {}: every default)
+            self.augment = AugmentConfig.from_dict(self.augment)
 
     @property
     def num_classes(self) -> int:
@@ -76,13 +98,14 @@ class Plan:
     @property
     def mirror_axes(self) -> tuple[int, ...]:
         """Spatial axes mirrored in training, hence the only ones test-time augmentation may mirror."""
-        axes = self.augment.get("mirror_axes")
+        axes = self.augment.mirror_axes
         return tuple(range(self.dim)) if axes is None else tuple(int(a) for a in axes)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["channel_names"] = {str(k): v for k, v in self.channel_names.items()}
         data["labels"] = {str(k): v for k, v in self.labels.items()}
+        data["augment"] = self.augment.to_dict()
         return data
 
     @classmethod
@@ -102,6 +125,8 @@ class Plan:
         except (KeyError, TypeError, ValueError) as exc:
             raise MedsegError(f"is not a valid medseg plan ({exc})", source,
                               "re-create it with `medseg plan`") from None
+        except MedsegError as exc:  # a bad choice (check_choice): name the file it came from
+            raise MedsegError(exc.what, exc.path or source, exc.fix) from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

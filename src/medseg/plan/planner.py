@@ -10,16 +10,17 @@ voxel budget, and bf16 autocast is used where the CPU has native bf16.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from medseg.augment import AugmentConfig
 from medseg.errors import MedsegError
+from medseg.plan.augment_config import AugmentConfig
+from medseg.plan.choices import LossName, ModelName, OptimizerName
 from medseg.plan.fingerprint import Fingerprint
 from medseg.plan.plan import ChannelNorm, Plan
+from medseg.runtime import native_bf16
 
 ANISOTROPY_RATIO = 3.0
 # Coarsening (CPU only): the median image is brought down towards COARSE_FIT voxels, but every label keeps at
@@ -45,6 +46,7 @@ class Machine:
 
     @classmethod
     def detect(cls) -> Machine:
+        """This machine; imports torch (seconds) only to ask whether a GPU is there."""
         import torch
 
         if torch.cuda.is_available():
@@ -60,36 +62,6 @@ def _physical_memory() -> int:
         return 8 << 30
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def native_bf16(device_type: str) -> bool:
-    """Whether a ``cuda`` or ``cpu`` device here computes bf16 in hardware: what planning and running both ask."""
-    if device_type == "cuda":
-        import torch
-
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_native_bf16()
-
-
-def runtime_precision(planned: str, device_type: str = "cpu") -> str:
-    """The precision to compute in *here*: the plan's bf16 only where this device computes bf16 in hardware.
-
-    A plan records the machine that made it, and a bundle travels: planned on a GPU or an AVX512-BF16 CPU, it may
-    train or predict on a CPU without native bf16, where torch emulates it. There a hippocampus training step ran
-    2.6x slower in bf16 than in fp32 (`benchmarks/train_throughput.py`) and prediction 3x slower
-    (`benchmarks/predict_precision.py`), so such a device computes in fp32.
-    """
-    return "bf16" if planned == "bf16" and native_bf16(device_type) else "fp32"
-
-
 @dataclass(frozen=True)
 class Budget:
     """Compute limits a plan must respect, per machine kind and network dimension."""
@@ -103,8 +75,9 @@ class Budget:
 
 BUDGETS = {
     ("cpu", 3): Budget(max_patch_voxels=64**3, batch_voxels=160_000, base_features=8, max_features=256, max_stages=5),
-    # 2D on CPU: a 512x512 patch (batch 2, widths up to 256) took 19 s a step on JSRT here, and the budget check refused
-    # 15 minutes; a 256x256 patch (batch 4, widths up to 128) took 10-17 s a step, about 3 s a sample instead of 9.
+    # 2D on CPU (`benchmarks/train_budget.py --dataset jsrt_scr --budget 15m`, benchmarks/results.md): a 512x512 patch
+    # (batch 2, widths up to 256) took 19 s a step and the budget check refused 15 minutes; a 256x256 patch (batch 4,
+    # widths up to 128) took 10-17 s a step, about 3 s a sample instead of 9.
     ("cpu", 2): Budget(max_patch_voxels=256 * 256, batch_voxels=4 * 256 * 256, base_features=16, max_features=128,
                        max_stages=6),
     ("cuda", 3): Budget(max_patch_voxels=128**3, batch_voxels=2 * 128**3, base_features=32, max_features=320,
@@ -123,7 +96,7 @@ def target_spacing(fp: Fingerprint) -> list[float]:
     others = [i for i in range(len(target)) if i != worst]
     if others and target[worst] > ANISOTROPY_RATIO * max(target[others]) and \
             shape[worst] * ANISOTROPY_RATIO < min(shape[others]):
-        target[worst] = max(np.percentile(spacings[:, worst], 10), max(target[others]))
+        target[worst] = max(np.percentile(spacings[:, worst], 10), *target[others])
     return [float(round(s, 6)) for s in target]
 
 
@@ -131,7 +104,8 @@ def coarsened_spacing(fp: Fingerprint, spacing: list[float], machine: Machine) -
     """The spacing a CPU plan trains at, so that one patch sees the whole median image; and the factor used.
 
     nnU-Net trains 2D at native resolution; on a 2-core CPU a 512x512 chest X-ray then costs 10-17 s a step and
-    15 minutes buy about 60 steps (JSRT: Dice 0.2). Lungs and heart are 30+ pixels deep at 512x512, so at
+    15 minutes buy about 60 steps (`benchmarks/train_budget.py --dataset jsrt_scr --budget 15m`: 61 steps, Dice
+    0.195, in benchmarks/results.md). Lungs and heart are 30+ pixels deep at 512x512, so at
     128x128 they are still well resolved while a step costs a sixteenth. Axes finer than ``finest * factor``
     are raised to it (coarse axes of anisotropic data stay as they are) until the median image has at most
     ``COARSE_FIT`` voxels. The factor is capped so the thinnest label (background included: thin membranes
@@ -232,16 +206,15 @@ def estimate_training_bytes(patch: list[int], strides: list[list[int]], features
     return int(total * 4 * batch)
 
 
-def optimizer_for(machine: Machine, name: str | None = None) -> tuple[str, float]:
-    """Optimiser and base learning rate.
+def optimizer_for(machine: Machine, name: OptimizerName | None = None) -> tuple[OptimizerName, float]:
+    """Optimiser and base learning rate (the name is checked with the rest of the plan, in ``Plan``).
 
     nnU-Net's SGD (momentum 0.99, LR 0.01) needs thousands of steps: its momentum alone averages over ~100 steps.
-    A CPU gets a few hundred steps in 5-15 minutes, and there SGD had not left the all-background solution after
-    100 steps on hippocampus (Dice 0.0), while AdamW at 3e-3 reached Dice 0.29 in the same 100 steps (0.0 at 1e-2).
+    A CPU gets a few hundred steps in 5-15 minutes. In a 100-step hippocampus training SGD had not left the
+    all-background solution (Dice 0.0), while AdamW at 3e-3 reached Dice 0.29 (0.0 at 1e-2): a measurement made
+    before `benchmarks/train_budget.py` recorded its runs (benchmarks/results.md cites it as an earlier one).
     """
     name = name or ("adamw" if machine.kind == "cpu" else "sgd")
-    if name not in ("sgd", "adamw"):
-        raise MedsegError(f"unknown optimizer {name!r}", fix="use sgd or adamw")
     return name, (ADAMW_LR if name == "adamw" else SGD_LR)
 
 
@@ -249,11 +222,14 @@ def make_plan(
     fp: Fingerprint,
     dim: int | None = None,
     machine: Machine | None = None,
-    model: str = "unet",
-    loss: str = "dice_ce",
-    optimizer: str | None = None,
+    model: ModelName = "unet",
+    loss: LossName = "dice_ce",
+    optimizer: OptimizerName | None = None,
 ) -> Plan:
-    """Plan preprocessing and network for this data set on this machine."""
+    """Plan preprocessing and network for this data set on this machine (``Machine.detect()`` when not given).
+
+    A ``model``, ``loss`` or ``optimizer`` outside its ``Literal`` choices raises :class:`MedsegError`.
+    """
     machine = machine or Machine.detect()
     dim = dim or fp.dim
     if dim > fp.dim:
@@ -291,7 +267,6 @@ def make_plan(
     if len(mirrored) < dim:
         notes.append(f"not mirrored along axes {sorted(set(range(dim)) - set(mirrored))} (array order): labels there "
                      "are told apart by side")
-    augment = AugmentConfig(mirror_axes=mirrored)
     return Plan(
         dataset_name=fp.dataset_name,
         dim=dim,
@@ -310,7 +285,7 @@ def make_plan(
         loss=loss,
         optimizer=optimizer_name,
         learning_rate=learning_rate,
-        augment=json.loads(json.dumps(augment.to_dict())),  # JSON types, so a plan equals its reloaded copy
+        augment=AugmentConfig(mirror_axes=mirrored),
         precision="bf16" if machine.bf16 else "fp32",
         median_shape=[round(float(s), 2) for s in median_shape],
         device_kind=machine.kind,
