@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import threading
 import time
 import zipfile
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from builders import blob_case, write_series
+from medseg.bundle import DRIFT_FILE, RUN_FINGERPRINT_FILE, load_bundle, read_drift_reference
 from medseg.errors import MedsegError
 from medseg.io import Image, read_image, write_image
 from medseg.serve import ServeConfig, check_bind, create_app, load_token
-from medseg.serve import app as serve_app
-from synthetic import blob_case
-from test_dicom import write_series
+from medseg.serve import cases as serve_cases
+from medseg.serve.admission import Admission
+from medseg.serve.cases import CaseResult, ClientError, mask_suffix, upload_suffix
+from medseg.serve.config import is_loopback
+from medseg.serve.drift import DriftReference
+from medseg.serve.jobs import Job, JobStore
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -56,7 +64,7 @@ def test_health_models_docs_and_auth(client):
     assert model["labels"] == {"0": "background", "1": "small", "2": "bright"}
     assert model["channels"]["count"] == 1 and model["dimension"] == 3 and model["version"]
     assert "val_dice" in model["training"]["folds"]["0"]
-    assert model["drift_reference"] == "fingerprint.json"
+    assert model["drift_reference"] == DRIFT_FILE  # the bundle's own reference, not the run folder's fingerprint
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/models/{name}/segment", "/v1/models/{name}/jobs", "/v1/jobs/{job_id}/result"} <= set(paths)
@@ -77,7 +85,7 @@ def test_segment_returns_a_mask_on_the_input_grid_or_json(tmp_path, client):
     body = client.post(f"/v1/models/{name}/segment?format=json&uncertainty=true", files=_files(data),
                        headers=AUTH).json()
     assert set(body["volumes"]) == {"small", "bright"} and body["volume_unit"] == "ml"
-    assert body["shape"] == [16, 16, 16] and body["drift"]["reference"] == "fingerprint.json"
+    assert body["shape"] == [16, 16, 16] and body["drift"]["reference"] == DRIFT_FILE
     assert 0.0 <= body["uncertainty"]["mean"] <= 1.0 and "fraction_above_0_5" in body["uncertainty"]
     assert not list(client.app.state.root.iterdir())  # the upload's private folder is gone
 
@@ -169,13 +177,13 @@ def test_drift_is_flagged_and_counted_in_metrics(tmp_path, client):
 def test_size_limit_queue_limit_and_timeout(tmp_path, bundle_3d, monkeypatch):
     config = ServeConfig(token=TOKEN, max_upload_bytes=2000, max_concurrency=1, max_queue=0, request_timeout_s=0.5)
     gate = threading.Event()
-    real = serve_app.run_case
+    real = serve_cases.run_case
 
     def slow(*args, **kwargs):
         gate.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(serve_app, "run_case", slow)
+    monkeypatch.setattr(serve_cases, "run_case", slow)
     with TestClient(create_app([bundle_3d], config)) as client:
         name = _model(client)
         url = f"/v1/models/{name}/segment"
@@ -211,3 +219,99 @@ def test_no_token_means_loopback_only(tmp_path, monkeypatch):
     assert load_token(tmp_path / "token") == "from-file"
     monkeypatch.delenv("MEDSEG_API_TOKEN")
     assert load_token() is None
+
+
+# ---- the bundle's drift reference ------------------------------------------------------------------------------
+
+
+def test_a_copied_bundle_still_flags_drift(tmp_path, bundle_3d):
+    copy = tmp_path / "elsewhere" / "hippo-model"
+    shutil.copytree(bundle_3d, copy)
+    assert not (copy.parent / RUN_FINGERPRINT_FILE).exists()  # nothing of the run folder came along
+    with TestClient(create_app([copy], ServeConfig(token=TOKEN))) as client:
+        (model,) = client.get("/v1/models", headers=AUTH).json()
+        assert model["name"] == "hippo-model" and model["drift_reference"] == DRIFT_FILE
+        url = f"/v1/models/{model['name']}/segment?format=json"
+        drifted = client.post(url, files=_files(_nifti(tmp_path, offset=1e5)), headers=AUTH).json()["drift"]
+        assert drifted["flag"] is True and drifted["reference"] == DRIFT_FILE
+        assert "outside the training range" in drifted["reasons"][0]
+        assert drifted["channels"][0]["expected"]  # compared with the training foreground, not the plan
+
+
+def test_drift_reference_summarises_the_run_fingerprint_and_old_bundles_fall_back_to_it(tmp_path, bundle_3d):
+    fingerprint = json.loads((bundle_3d.parent / RUN_FINGERPRINT_FILE).read_text())
+    stored = json.loads((bundle_3d / DRIFT_FILE).read_text())
+    spacings = np.asarray(fingerprint["spacings"])
+    assert stored["foreground_percentiles"] == [[c["percentile_00_5"], c["percentile_99_5"]]
+                                                for c in fingerprint["intensities"]]
+    assert stored["spacing_min"] == spacings.min(0).tolist() and stored["spacing_max"] == spacings.max(0).tolist()
+    assert stored["cases"] == len(spacings) and "shapes" not in stored  # a summary, no per-case list
+    new = DriftReference.from_bundle(load_bundle(bundle_3d))
+
+    old_run = tmp_path / "old_run"  # a bundle written before drift_reference.json, still in its run folder
+    shutil.copytree(bundle_3d, old_run / "bundle")
+    (old_run / "bundle" / DRIFT_FILE).unlink()
+    shutil.copyfile(bundle_3d.parent / RUN_FINGERPRINT_FILE, old_run / RUN_FINGERPRINT_FILE)
+    old = DriftReference.from_bundle(load_bundle(old_run / "bundle"))
+    assert old.source == RUN_FINGERPRINT_FILE and new.source == DRIFT_FILE
+    assert (old.intervals, old.spacing_low, old.spacing_high) == (new.intervals, new.spacing_low, new.spacing_high)
+
+    (old_run / RUN_FINGERPRINT_FILE).unlink()  # an old bundle copied away: the plan's figures, as before
+    assert read_drift_reference(old_run / "bundle") is None
+    bare = DriftReference.from_bundle(load_bundle(old_run / "bundle"))
+    assert bare.source == "none" and bare.intervals == [None]  # a z-score plan has no intensity window
+
+
+# ---- the parts, alone ------------------------------------------------------------------------------------------
+
+
+def test_admission_slots_bound_running_plus_waiting():
+    slots = Admission(concurrency=2, queue=1)
+    assert slots.capacity == 3
+    assert [slots.try_acquire() for _ in range(4)] == [True, True, True, False]
+    assert slots.pending == 3 and slots.waiting == 1
+    slots.release()
+    assert slots.waiting == 0 and slots.try_acquire() and not slots.try_acquire()
+
+
+def _future(result=None, error: BaseException | None = None) -> Future:
+    future: Future = Future()
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+    return future
+
+
+def test_job_store_records_outcomes_and_prunes_only_old_finished_jobs():
+    store = JobStore(ttl_s=10.0)
+    done, failed, crashed, running = (store.new("m", want_json=False) for _ in range(4))
+    assert len({done.id, failed.id, crashed.id, running.id}) == 4 and done.status == "queued"
+    for job in (done, failed, crashed, running):
+        store.add(job)
+    result = CaseResult({"volumes": {"a": 1.0}}, b"mask", ".nii.gz")
+    done.finish(_future(result))
+    failed.finish(_future(error=ClientError(422, "3D expected")))
+    crashed.finish(_future(error=RuntimeError("boom")))
+    running.start()
+    assert done.describe()["status"] == "done" and done.describe()["result"] == {"volumes": {"a": 1.0}}
+    assert failed.describe()["error"] == {"status": 422, "detail": "3D expected"}
+    assert crashed.error == {"status": 500, "detail": "RuntimeError"}  # the type only: no message, no data
+    assert running.status == "running" and "result" not in running.describe()
+    store.prune(now=done.finished + 5)
+    assert len(store) == 4
+    store.prune(now=done.finished + 11)
+    assert list(store.jobs) == [running.id] and store.get(done.id) is None and running.id in store
+    assert isinstance(store.get(running.id), Job)
+
+
+def test_upload_and_mask_formats_and_loopback():
+    assert upload_suffix("scan.NII.GZ") == ".nii.gz" and upload_suffix("series.zip") == ".zip"
+    for name, status in (("scan.nrrd", 415), ("notes.txt", 415), ("noext", 400), (None, 400)):
+        with pytest.raises(ClientError) as caught:
+            upload_suffix(name)
+        assert caught.value.status == status
+    assert [mask_suffix(s) for s in (".zip", ".jpg", ".jpeg", ".png", ".nii")] == \
+        [".nii.gz", ".png", ".png", ".png", ".nii"]
+    assert is_loopback("localhost") and is_loopback("127.0.0.2") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.org")

@@ -17,14 +17,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from builders import blob_case, shared
 from medseg.errors import MedsegError
 from medseg.io import Image, read_image, write_image
 from medseg.serve import ServeConfig, create_app
-from medseg.serve.app import STATIC
+from medseg.serve.routes.health import STATIC
 from medseg.serve.viewer import ViewCache, display_flips, display_stride, view_payload
-from synthetic import blob_case
-
-from conftest import shared
 
 TOKEN = "viewer-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

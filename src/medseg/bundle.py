@@ -1,13 +1,20 @@
 """The model bundle: one folder holding everything ``predict``, ``serve`` and ``export`` need.
 
     bundle/
-      plan.json            the Plan (preprocessing, network, labels, channel names, medseg version)
-      fold_K.safetensors   weights, one file a fold
-      metrics.json         validation metrics per fold
-      postprocess.json     chosen post-processing (written by the post-processing step)
-      model_card.md        data, labels, figures, intended use, limits
+      plan.json              the Plan (preprocessing, network, labels, channel names, medseg version)
+      fold_K.safetensors     weights, one file a fold
+      metrics.json           validation metrics per fold
+      postprocess.json       chosen post-processing (written by the post-processing step)
+      model_card.md          data, labels, figures, intended use, limits
+      drift_reference.json   what the service's drift check compares scans with (see below)
 
-No pickles: weights are safetensors, everything else JSON or Markdown.
+No pickles: weights are safetensors, everything else JSON or Markdown. The file names are the constants below.
+
+The drift reference is a compact summary of the run's ``fingerprint.json`` (per channel the training
+foreground's [0.5, 99.5] intensity percentiles, per axis the smallest and largest training spacing), not a copy of
+it: that is all the check reads, and the full fingerprint holds the shape and spacing of every training case,
+which need not travel with a model that is handed on. Bundles written before it existed still load; for them the
+run's ``fingerprint.json`` next to the bundle folder is read, as before (see :func:`read_drift_reference`).
 """
 
 from __future__ import annotations
@@ -16,16 +23,37 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+import numpy as np
 
 from medseg import __version__
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path, write_text_atomic
-from medseg.models import build_network
-from medseg.models.weights import load_weights
 from medseg.plan import Plan
+
+if TYPE_CHECKING:
+    from torch import nn
+
+PLAN_FILE = "plan.json"
+METRICS_FILE = "metrics.json"
+POSTPROCESS_FILE = "postprocess.json"
+MODEL_CARD_FILE = "model_card.md"
+DRIFT_FILE = "drift_reference.json"
+RUN_FINGERPRINT_FILE = "fingerprint.json"  # in the run folder, one above bundle/: the drift source of old bundles
+FOLD_WEIGHTS = "fold_{fold}.safetensors"
+DRIFT_FORMAT = 1
+
+
+def fold_weights_name(fold: str) -> str:
+    """``fold_K.safetensors`` for fold ``K``."""
+    return FOLD_WEIGHTS.format(fold=fold)
+
+
+def folds_with_weights(folder: Path) -> list[str]:
+    """The folds whose weights ``folder`` holds, sorted by name."""
+    prefix, suffix = FOLD_WEIGHTS.split("{fold}")
+    return sorted(p.name[len(prefix):-len(suffix)] for p in folder.glob(fold_weights_name("*")))
 
 
 @dataclass
@@ -36,9 +64,13 @@ class Bundle:
     metrics: dict[str, Any]
 
     def fold_weights(self, fold: str) -> Path:
-        return self.folder / f"fold_{fold}.safetensors"
+        return self.folder / fold_weights_name(fold)
 
     def load_models(self, folds: list[str] | None = None) -> list[nn.Module]:
+        # imported here so that reading a bundle's files (the report, post-processing) does not import torch
+        from medseg.models import build_network
+        from medseg.models.weights import load_weights
+
         models = []
         for fold in folds or self.folds:
             model = build_network(self.plan)
@@ -50,10 +82,10 @@ class Bundle:
 
 def write_bundle_fold(folder: Path, plan: Plan, fold: str, weights: Path, metrics: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    plan.save(folder / "plan.json")
-    with atomic_path(folder / f"fold_{fold}.safetensors") as tmp:
+    plan.save(folder / PLAN_FILE)
+    with atomic_path(folder / fold_weights_name(fold)) as tmp:
         shutil.copyfile(weights, tmp)
-    metrics_path = folder / "metrics.json"
+    metrics_path = folder / METRICS_FILE
     existing = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     existing.setdefault("folds", {})[fold] = metrics
     existing["medseg_version"] = __version__
@@ -64,14 +96,14 @@ def load_bundle(folder: str | Path) -> Bundle:
     folder = Path(folder)
     if not folder.is_dir():
         raise MedsegError("is not a model bundle folder", folder, "give the bundle/ folder written by `medseg train`")
-    plan_path = folder / "plan.json"
+    plan_path = folder / PLAN_FILE
     if not plan_path.exists():
-        raise MedsegError("has no plan.json", folder, "give the bundle/ folder written by `medseg train`")
+        raise MedsegError(f"has no {PLAN_FILE}", folder, "give the bundle/ folder written by `medseg train`")
     plan = Plan.load(plan_path)
-    folds = sorted(p.name[len("fold_"):-len(".safetensors")] for p in folder.glob("fold_*.safetensors"))
+    folds = folds_with_weights(folder)
     if not folds:
-        raise MedsegError("holds no fold_K.safetensors weights", folder, "train at least one fold into it")
-    metrics_path = folder / "metrics.json"
+        raise MedsegError(f"holds no {fold_weights_name('K')} weights", folder, "train at least one fold into it")
+    metrics_path = folder / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return Bundle(folder, plan, folds, metrics)
 
@@ -115,6 +147,37 @@ resolution range); on other scanners, protocols or populations its accuracy is u
 Validation figures come from held-out cases of the same data set and overstate accuracy on new sites.
 Not a medical device; a clinician must review every output.
 """
-    path = folder / "model_card.md"
+    path = folder / MODEL_CARD_FILE
     write_text_atomic(path, text)
     return path
+
+
+def drift_reference(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The drift reference (``drift_reference.json``'s content) from a run's fingerprint (``fingerprint.json``'s
+    content, :meth:`medseg.plan.Fingerprint.to_dict`)."""
+    spacings = np.asarray(fingerprint["spacings"], dtype=float)
+    return {"format": DRIFT_FORMAT, "from": RUN_FINGERPRINT_FILE, "cases": int(len(spacings)),
+            "foreground_percentiles": [[float(c["percentile_00_5"]), float(c["percentile_99_5"])]
+                                       for c in fingerprint["intensities"]],
+            "spacing_min": spacings.min(0).tolist(), "spacing_max": spacings.max(0).tolist()}
+
+
+def write_drift_reference(folder: Path, fingerprint: dict[str, Any]) -> Path:
+    """Write the bundle's ``drift_reference.json`` from the run's fingerprint."""
+    path = folder / DRIFT_FILE
+    write_text_atomic(path, json.dumps(drift_reference(fingerprint), indent=1) + "\n")
+    return path
+
+
+def read_drift_reference(folder: str | Path) -> tuple[dict[str, Any], str] | None:
+    """The bundle's drift reference and the file it came from: its own ``drift_reference.json``, else (a bundle
+    written before that file existed) one computed from ``fingerprint.json`` in the folder above, when the bundle
+    still sits in its run folder; None when there is neither."""
+    folder = Path(folder)
+    own = folder / DRIFT_FILE
+    if own.exists():
+        return json.loads(own.read_text()), DRIFT_FILE
+    run_fingerprint = folder.parent / RUN_FINGERPRINT_FILE
+    if run_fingerprint.exists():
+        return drift_reference(json.loads(run_fingerprint.read_text())), RUN_FINGERPRINT_FILE
+    return None

@@ -1,16 +1,16 @@
-"""Input drift: does a scan look like the training data? Compared with the run's ``fingerprint.json`` (foreground
-intensity percentiles per channel, training spacings) when the bundle sits in its run folder, else with what the
-plan holds (the CT clip window, the target spacing)."""
+"""Input drift: does a scan look like the training data? Compared with the bundle's ``drift_reference.json``
+(foreground intensity percentiles per channel, training spacing range; see :mod:`medseg.bundle`), or for a bundle
+written before that file existed with the run's ``fingerprint.json`` when the bundle still sits in its run folder,
+else with what the plan holds (the CT clip window, the target spacing)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from medseg.bundle import Bundle
+from medseg.bundle import Bundle, read_drift_reference
 from medseg.io import Image
 
 SPACING_FACTOR = 3.0  # a spacing more than 3x finer or coarser than any training spacing is drift
@@ -18,7 +18,7 @@ SPACING_FACTOR = 3.0  # a spacing more than 3x finer or coarser than any trainin
 
 @dataclass
 class DriftReference:
-    source: str  # "fingerprint.json", "plan" or "none"
+    source: str  # "drift_reference.json", "fingerprint.json" (an older bundle in its run folder), "plan" or "none"
     intervals: list[tuple[float, float] | None]  # per channel: expected foreground intensity range
     spacing_low: list[float]
     spacing_high: list[float]
@@ -26,12 +26,12 @@ class DriftReference:
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> DriftReference:
         plan = bundle.plan
-        path = bundle.folder.parent / "fingerprint.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            intervals = [(float(c["percentile_00_5"]), float(c["percentile_99_5"])) for c in data["intensities"]]
-            spacings = np.asarray(data["spacings"], dtype=float)
-            return cls("fingerprint.json", intervals, spacings.min(0).tolist(), spacings.max(0).tolist())
+        found = read_drift_reference(bundle.folder)
+        if found is not None:
+            data, source = found
+            intervals = [(float(low), float(high)) for low, high in data["foreground_percentiles"]]
+            return cls(source, intervals, [float(s) for s in data["spacing_min"]],
+                       [float(s) for s in data["spacing_max"]])
         intervals = [(n.clip_low, n.clip_high) if n.scheme == "ct" and n.clip_low is not None
                      and n.clip_high is not None else None for n in plan.normalization]
         source = "plan" if any(intervals) else "none"

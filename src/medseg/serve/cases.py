@@ -1,0 +1,296 @@
+"""One case, from upload to answer: the scan saved into its own private folder, admitted to a slot, segmented by
+a worker thread, and encoded as the mask file or the JSON answer.
+
+Every case lives in a fresh 0700 folder under the service's root (``mkdtemp``), deleted as soon as the case ends;
+an upload's name only picks the format (its suffix), never a path. Errors a client can fix are
+:class:`ClientError`; the service turns them into HTTP answers without server paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from medseg.bundle import Bundle, load_bundle
+from medseg.errors import MedsegError
+from medseg.infer.predict import PredictOptions, Predictor
+from medseg.io import image_suffix, read_image, write_image
+from medseg.io.raster import LOSSY_SUFFIXES
+from medseg.serve.admission import CHUNK, Admission, Metrics, too_large
+from medseg.serve.config import ServeConfig
+from medseg.serve.drift import DriftReference
+from medseg.serve.viewer import list_examples, view_payload
+
+UPLOAD_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".zip")  # no NRRD/MHA: their
+# headers may name other files to read (detached data), which an upload must not be able to do
+MEDIA_TYPES = {".nii.gz": "application/gzip", ".nii": "application/octet-stream", ".png": "image/png",
+               ".tif": "image/tiff", ".tiff": "image/tiff"}
+
+
+class ClientError(Exception):
+    """An answer for the client: HTTP ``status`` with ``detail`` (and ``headers``, e.g. ``Retry-After``)."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+@dataclass
+class Served:
+    """A bundle being served: loaded once, with its predictor and drift reference."""
+
+    name: str
+    bundle: Bundle
+    predictor: Predictor
+    drift: DriftReference
+    load_seconds: float
+
+    def describe(self) -> dict[str, Any]:
+        plan, metrics = self.bundle.plan, self.bundle.metrics
+        folds = {k: {key: v.get(key) for key in ("val_dice", "val_dice_mean", "cases", "steps", "elapsed_s")
+                     if key in v} for k, v in metrics.get("folds", {}).items()}
+        return {"name": self.name, "version": plan.medseg_version, "dataset": plan.dataset_name,
+                "labels": {str(k): v for k, v in plan.labels.items()},
+                "channels": {"count": plan.channels, "names": {str(k): v for k, v in plan.channel_names.items()}},
+                "dimension": plan.data_dim, "model": plan.model, "folds": self.bundle.folds,
+                "backend": self.predictor.options.backend, "tta": self.predictor.tta,
+                "training": {"folds": folds, "inference": metrics.get("inference", {})},
+                "drift_reference": self.drift.source}
+
+
+def model_name(bundle: Bundle, taken: set[str]) -> str:
+    """The bundle folder's name, or the data set's when the folder is just ``bundle``; made unique."""
+    name = bundle.folder.name
+    if name in ("bundle", "") or name in taken:
+        name = bundle.plan.dataset_name
+    base, k = name, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    return name
+
+
+def load_models(bundles: Sequence[str | Path], config: ServeConfig) -> dict[str, Served]:
+    """Name -> served model for each bundle folder, each loaded once."""
+    models: dict[str, Served] = {}
+    for folder in bundles:
+        start = time.perf_counter()
+        bundle = load_bundle(folder)
+        predictor = Predictor(bundle, PredictOptions(backend=config.backend, tta=config.tta))
+        seconds = time.perf_counter() - start
+        name = model_name(bundle, set(models))
+        models[name] = Served(name, bundle, predictor, DriftReference.from_bundle(bundle), seconds)
+    return models
+
+
+@dataclass
+class CaseResult:
+    body: dict[str, Any]  # the JSON answer
+    mask: bytes
+    suffix: str
+    view: dict[str, Any] | None = None  # the viewer's display copy (``/view`` only)
+
+
+def upload_suffix(filename: str | None) -> str:
+    """The upload's format from its name; 415 (400 without an extension) for anything not accepted."""
+    suffix = image_suffix(filename or "")
+    if suffix not in UPLOAD_SUFFIXES:
+        raise ClientError(415 if suffix else 400, f"upload '{suffix or '(no extension)'}' is not a supported format; "
+                          f"send one of {', '.join(UPLOAD_SUFFIXES)} (a DICOM series as a .zip)")
+    return suffix
+
+
+def mask_suffix(suffix: str) -> str:
+    """The mask's format for an input format: NIfTI for DICOM, PNG for lossy JPEG, else the input's."""
+    if suffix == ".zip":
+        return ".nii.gz"
+    return ".png" if suffix in LOSSY_SUFFIXES else suffix
+
+
+def error_text(error: MedsegError) -> str:
+    """The error without the server-side temporary path."""
+    return error.what + (f" ({error.fix})" if error.fix else "")
+
+
+def uncertainty_summary(uncertainty: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    foreground = labels > 0
+    return {"mean": round(float(uncertainty.mean()), 5),
+            "mean_in_foreground": round(float(uncertainty[foreground].mean()), 5) if foreground.any() else 0.0,
+            "fraction_above_0_5": round(float((uncertainty > 0.5).mean()), 6)}
+
+
+def with_options(predictor: Predictor, **changes: Any) -> Predictor:
+    """A shallow copy sharing the loaded models, with other options (per request)."""
+    other = copy.copy(predictor)
+    other.options = dataclasses.replace(predictor.options, **changes)
+    return other
+
+
+def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view: bool = False) -> CaseResult:
+    """Read, check, segment and encode one uploaded scan (runs in a worker thread); with ``view``, also the
+    viewer's display copy of scan, labels and uncertainty."""
+    try:
+        image = read_image(upload)
+    except MedsegError as error:
+        raise ClientError(400, f"cannot read the upload: {error_text(error)}") from None
+    predictor = served.predictor
+    try:
+        predictor.check_input(image)
+    except MedsegError as error:
+        raise ClientError(422, error_text(error)) from None
+    if uncertainty and not predictor.options.uncertainty:
+        predictor = with_options(predictor, uncertainty=True)
+    result = predictor.predict(image)
+    labels = result.labels.array[0]
+    drift = served.drift.check(image, labels)
+    body: dict[str, Any] = {"model": served.name, "volumes": result.volumes,
+                            "volume_unit": "ml" if labels.ndim == 3 else "mm2",
+                            "shape": list(labels.shape), "spacing": list(result.labels.spacing),
+                            "seconds": round(result.seconds, 3), "drift": drift}
+    if result.uncertainty is not None:
+        body["uncertainty"] = uncertainty_summary(result.uncertainty.array[0], labels)
+    suffix_out = mask_suffix(suffix)
+    out = write_image(result.labels, upload.parent / f"mask{suffix_out}")
+    shown = None
+    if view:
+        plan = served.bundle.plan
+        modality = "ct" if any(n.scheme == "ct" for n in plan.normalization) else "other"
+        shown = view_payload(image, labels, None if result.uncertainty is None else result.uncertainty.array[0],
+                             plan.labels, modality)
+    return CaseResult(body, out.read_bytes(), suffix_out, shown)
+
+
+async def save_upload(file: UploadFile, root: Path, limit: int) -> tuple[Path, str]:
+    """Stream the upload into a new private folder under ``root``; 413 past ``limit`` bytes, 400 when empty."""
+    suffix = upload_suffix(file.filename)
+    work = Path(tempfile.mkdtemp(prefix="case-", dir=root))
+    path = work / f"upload{suffix}"
+    size = 0
+    try:
+        with open(path, "wb") as handle:
+            while chunk := await file.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise ClientError(413, too_large(limit))
+                handle.write(chunk)
+        if size == 0:
+            raise ClientError(400, "the upload is empty")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return path, suffix
+
+
+async def take_input(file: UploadFile | None, example: str | None, examples: Path | None, root: Path,
+                     limit: int) -> tuple[Path, str]:
+    """The scan to segment, in its own private folder: the upload, or a copy of the named example."""
+    if (file is None) == (example is None):
+        raise ClientError(400, "send either a scan (multipart 'file') or '?example=NAME' (see /v1/examples)")
+    if file is not None:
+        return await save_upload(file, root, limit)
+    found = list_examples(examples, UPLOAD_SUFFIXES).get(str(example))
+    if found is None:
+        raise ClientError(404, "no such example: choose a name listed by /v1/examples")
+    suffix = image_suffix(found.name)
+    work = Path(tempfile.mkdtemp(prefix="case-", dir=root))
+    try:
+        await asyncio.to_thread(shutil.copyfile, found, work / f"upload{suffix}")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work / f"upload{suffix}", suffix
+
+
+def mask_response(mask: bytes, suffix: str, headers: dict[str, str]) -> Response:
+    """The mask as a download named ``mask{suffix}``."""
+    return Response(mask, media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
+                    headers=headers | {"Content-Disposition": f'attachment; filename="mask{suffix}"'})
+
+
+def answer(result: CaseResult, want_json: bool) -> Response:
+    """The mask file (or the JSON body), with the drift flag and volumes as headers either way."""
+    headers = {"X-Medseg-Drift": str(result.body["drift"]["flag"]).lower(),
+               "X-Medseg-Volumes": json.dumps(result.body["volumes"])}
+    if want_json:
+        return JSONResponse(result.body, headers=headers)
+    return mask_response(result.mask, result.suffix, headers)
+
+
+class CaseRunner:
+    """Takes cases in (private folders under ``root``), admits them to the bounded slots and runs them on
+    ``max_concurrency`` worker threads, counting outcomes in ``metrics``."""
+
+    def __init__(self, config: ServeConfig, admission: Admission, metrics: Metrics, root: Path,
+                 examples: Path | None) -> None:
+        self.config, self.admission, self.metrics = config, admission, metrics
+        self.root, self.examples = root, examples
+        self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="medseg-case")
+
+    async def take_input(self, file: UploadFile | None, example: str | None) -> tuple[Path, str]:
+        return await take_input(file, example, self.examples, self.root, self.config.max_upload_bytes)
+
+    def submit(self, served: Served, path: Path, suffix: str, uncertainty: bool,
+               on_start: Callable[[], None] | None = None, view: bool = False) -> Future:
+        """Run the case saved at ``path`` in a worker; 503 (its folder deleted) when every slot is taken. The
+        slot and the folder are freed when the case ends, however it ends."""
+        admission, metrics = self.admission, self.metrics
+        if not admission.try_acquire():
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise ClientError(503, "busy: too many scans queued, retry later",
+                              headers={"Retry-After": str(self.config.retry_after_s)})
+        metrics.show(admission)
+
+        def work() -> CaseResult:
+            metrics.show(admission)
+            if on_start is not None:
+                on_start()
+            try:
+                result = run_case(served, path, suffix, uncertainty, **({"view": True} if view else {}))
+            except ClientError:
+                metrics.cases.labels(served.name, "rejected").inc()
+                raise
+            except Exception:
+                metrics.cases.labels(served.name, "error").inc()
+                raise
+            metrics.cases.labels(served.name, "ok").inc()
+            if result.body["drift"]["flag"]:
+                metrics.drift.labels(served.name).inc()
+            return result
+
+        future = self.executor.submit(work)
+
+        def done(_: Future) -> None:
+            admission.release()
+            metrics.show(admission)
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+        future.add_done_callback(done)
+        return future
+
+    async def run(self, served: Served, file: UploadFile | None, example: str | None, uncertainty: bool,
+                  view: bool = False) -> CaseResult:
+        """One case answered in this request: 504 past ``request_timeout_s`` (the case still holds its slot
+        until it really stops)."""
+        path, suffix = await self.take_input(file, example)
+        future = self.submit(served, path, suffix, uncertainty, view=view)
+        timeout = self.config.request_timeout_s
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise ClientError(504, f"segmentation took longer than {timeout:g} s") from None
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

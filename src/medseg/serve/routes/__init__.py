@@ -1,0 +1,1 @@
+"""One ``APIRouter`` per resource: health (with the metrics and the page), models, views, jobs."""
