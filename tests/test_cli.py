@@ -8,11 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from builders import make_2d_dataset, shared
 from medseg.cli import main
 from medseg.io import Image, write_image
-from synthetic import make_2d_dataset
-
-from conftest import shared
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -65,7 +63,12 @@ def test_convert_dicom_folder_with_several_series_names_them(monkeypatch, capsys
     root = shared("dicom_mr_brain")
     code, _, err = run_cli(monkeypatch, capsys, "convert", root, tmp_path / "out.nii.gz")
     assert code == 1 and "Traceback" not in err
-    assert err.count("1.3.6.1") >= 4 or err.count("uid") >= 4 or "4 " in err, err
+    assert "holds 4 image series" in err and "--series UID" in err, err
+    # each series is named by its UID, modality, description and size, so the user can pick one
+    named = {"1.3.6.1.4.1.14519.5.2.1.4429.7055.250698293053013179878447218670": "MR 'T1post', 22 slices",
+             "1.2.826.0.1.3680043.8.498.10112548596522579645160189153146185462": "MR 'HippoCrop', 32 slices"}
+    for uid, description in named.items():
+        assert f"{uid} [{description}" in err, err
     assert not (tmp_path / "out.nii.gz").exists()
 
 

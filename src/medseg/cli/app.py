@@ -1,0 +1,52 @@
+"""The typer application, its global options and the parsers the commands share."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from medseg.errors import MedsegError
+
+app = typer.Typer(
+    name="medseg",
+    help="Medical image segmentation: check data, train, predict, evaluate, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+console = Console(stderr=True)
+
+
+out = Console()
+
+state = {"debug": False}  # set by --debug, read by main()
+
+
+@app.callback()
+def _global(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    state["debug"] = debug
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``15m``, ``1.5h`` or plain seconds -> seconds."""
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise MedsegError(f"cannot read duration {text!r}", "--budget", "write e.g. 90s, 15m or 1.5h") from None
+
+
+def parse_dim(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value.lower() not in ("2d", "3d"):
+        raise MedsegError(f"unknown dimension {value!r}", "--dim", "use 2d or 3d")
+    return int(value[0])
+

@@ -1,0 +1,77 @@
+"""`medseg evaluate` and `medseg report`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from medseg.cli.app import app, console, out
+
+
+@app.command()
+def evaluate(
+    prediction: Annotated[Path, typer.Argument(help="Predicted label maps: a folder, or one file.")],
+    reference: Annotated[Path, typer.Argument(help="Reference label maps: a folder, or one file.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Report folder (metrics.csv, summary.json).")],
+    labels: Annotated[str | None, typer.Option(
+        help="A dataset.json, or names like '1:anterior,2:posterior' (default: a dataset.json in or above the "
+             "reference folder, else the values present).")] = None,
+    region: Annotated[Path | None, typer.Option(
+        help="Score only inside these masks (a folder matched by case id, or one file), e.g. DRIVE's FOV.")] = None,
+    tolerance: Annotated[float, typer.Option(help="Normalised surface Dice tolerance in mm.")] = 2.0,
+    workers: Annotated[int, typer.Option(help="Processes (0: automatic).")] = 0,
+) -> None:
+    """Score predictions against references per case and class: Dice, IoU, HD95, ASSD, surface Dice, volumes.
+
+    Example: medseg evaluate runs/hippo/predictions data/Task04_Hippocampus/labelsTr -o runs/hippo/evaluation
+    """
+    from medseg.evaluate import evaluate_folders, write_evaluation
+
+    start = time.perf_counter()
+    result = evaluate_folders(prediction, reference, labels=labels, region_dir=region, workers=workers or None,
+                              tolerance_mm=tolerance)
+    csv_path, json_path = write_evaluation(result, output)
+    summary = result.summary()
+    table = Table(title=f"{summary['cases']} case(s), NSD at {tolerance:g} mm")
+    for column in ("label", "mean Dice", "mean HD95 (mm)", "mean NSD", "HD95 missing"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for name, stats in summary["per_class"].items():
+        empty = summary["empty"][name]
+        table.add_row(name, _fmt(stats["dice"]["mean"]), _fmt(stats["hd95_mm"]["mean"], 3),
+                      _fmt(stats["nsd"]["mean"]), str(empty["pred_empty_only"] + empty["ref_empty_only"]))
+    out.print(table)
+    if summary["mean_dice"] is not None:
+        out.print(f"mean Dice over classes {summary['mean_dice']:.4f}")
+    for key, what in (("missing_predictions", "reference(s) without a prediction, not scored"),
+                      ("extra_predictions", "prediction(s) without a reference, ignored")):
+        if summary[key]:
+            shown = ", ".join(summary[key][:5]) + (" ..." if len(summary[key]) > 5 else "")
+            console.print(f"warning: {len(summary[key])} {what}: {shown}", style="yellow", markup=False,
+                          highlight=False)
+    out.print(f"wrote {csv_path} and {json_path} in {time.perf_counter() - start:.1f} s", markup=False,
+              highlight=False, soft_wrap=True)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `medseg train`.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path("report.html"),
+    evaluation: Annotated[Path | None, typer.Option(help="Evaluation folder (default: RUN_DIR/evaluation).")] = None,
+) -> None:
+    """Write one self-contained HTML report: data, plan, training curves, metrics, best/median/worst cases.
+
+    Example: medseg report runs/hippo -o report.html
+    """
+    from medseg.report import build_report
+
+    out.print(str(build_report(run_dir, output, evaluation_dir=evaluation)), markup=False, highlight=False,
+              soft_wrap=True)
+

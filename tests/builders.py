@@ -1,0 +1,218 @@
+"""Builders shared by the tests: generated data sets, tiny plans and bundles, synthetic DICOM series, the real data
+sets under ../shared/data (skipping when absent), and small helpers. Test modules import from here, never from
+each other."""
+
+from __future__ import annotations
+
+import json
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medseg.io import Image, write_image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+MR_T1POST_UID = "1.3.6.1.4.1.14519.5.2.1.4429.7055.250698293053013179878447218670"
+
+
+def shared(name: str) -> Path:
+    """Path of a real data set under ../shared/data; skips the test when it is not there."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data set {name} not found at {path} (../shared/data is only on developer/CI machines)")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Generated images: bright blobs on noise, with their label maps
+
+
+def blob_case(rng: np.random.Generator, shape: tuple[int, ...], classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """An image with one bright box per class and its label map (class k brighter for higher k)."""
+    label = np.zeros(shape, np.uint8)
+    image = rng.normal(0, 0.3, size=shape).astype(np.float32)
+    for k in range(1, classes + 1):
+        size = [max(2, s // 4) for s in shape]
+        start = [int(rng.integers(0, s - z)) for s, z in zip(shape, size)]
+        box = tuple(slice(a, a + z) for a, z in zip(start, size))
+        label[box] = k
+        image[box] += 1.0 + k
+    return image, label
+
+
+def make_3d_dataset(root: Path, cases: int = 6, shape: tuple[int, int, int] = (16, 16, 16), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for i in range(cases):
+        image, label = blob_case(rng, shape)
+        write_image(Image.from_array(image[None] * 100 + 300, spacing=(1.0, 1.0, 1.5)),
+                    root / "imagesTr" / f"blob_{i:03d}_0000.nii.gz")
+        write_image(Image.from_array(label[None], spacing=(1.0, 1.0, 1.5)), root / "labelsTr" / f"blob_{i:03d}.nii.gz")
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "Blobs3D", "labels": {"background": 0, "small": 1, "bright": 2}, "channel_names": {"0": "MRI"},
+        "numTraining": cases, "file_ending": ".nii.gz"}))
+    return root
+
+
+def make_2d_dataset(root: Path, cases: int = 6, shape: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(cases):
+        image, label = blob_case(rng, shape, classes=1)
+        grey = np.clip(image * 60 + 60, 0, 255).astype(np.uint8)
+        write_image(Image.from_array(grey[None]), root / "images" / f"img{i:02d}.png")
+        write_image(Image.from_array(label[None]), root / "masks" / f"img{i:02d}.png")
+    return root
+
+
+# Tiny plans and bundles (imports of torch and the trainer stay inside: modules that only need data stay light)
+def cpu_machine():
+    """A fixed 2-core CPU without native bf16, so plans do not depend on the machine that runs the tests."""
+    from medseg.plan import Machine
+
+    return Machine("cpu", cores=2, memory_bytes=24 << 30, bf16=False)
+
+
+def tiny_plan(data: Path, path: Path, **changes) -> Path:
+    """The plan of ``data`` on :func:`cpu_machine`, shrunk to widths 4-16 and batch 2 (seconds to train)."""
+    from medseg.data import check_dataset, discover_dataset
+    from medseg.plan import fingerprint_from_report, make_plan
+
+    report = check_dataset(discover_dataset(data), workers=1)
+    plan = make_plan(fingerprint_from_report(report), machine=cpu_machine())
+    plan.features = [4, 8, 16]
+    plan.strides = [[2] * plan.dim, [2] * plan.dim]
+    plan.batch_size = 2
+    for key, value in changes.items():
+        setattr(plan, key, value)
+    return plan.save(path)
+
+
+def train_tiny_bundle(root: Path, maker) -> Path:
+    """A data set made by ``maker(folder)``, trained for two steps per fold on 3 folds; returns the bundle."""
+    import torch
+
+    from medseg.train import TrainConfig, TrainRequest, train
+
+    data = maker(root / "data")
+    request = TrainRequest(data=data, run_dir=root / "run", plan_path=tiny_plan(data, root / "plan.json"),
+                           cache_root=root / "cache", workers=1, progress_bar=False, folds=3)
+    torch.set_num_threads(1)
+    return train(request, TrainConfig(epochs=1, steps_per_epoch=2, validations=1))
+
+
+def run_cli(*args: str) -> int:
+    """``medseg ARGS`` in this process; its exit code (errors raise, as typer's standalone_mode=False does)."""
+    from medseg.cli import app
+
+    return app(list(args), standalone_mode=False) or 0
+
+
+# Synthetic DICOM series (no real data needed) and SimpleITK as an independent reader
+def sitk_series(folder: Path) -> sitk.Image:
+    """The same folder read by SimpleITK/GDCM, an independent reader to compare against."""
+    reader = sitk.ImageSeriesReader()
+    series_id = reader.GetGDCMSeriesIDs(str(folder))[0]
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series_id))
+    return reader.Execute()
+
+
+def assert_same_as_sitk(image: Image, reference: sitk.Image, check_array: bool = True) -> None:
+    assert image.shape == sitk.GetArrayViewFromImage(reference).shape
+    np.testing.assert_allclose(image.spacing, reference.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(image.origin, reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(image.direction, reference.GetDirection(), atol=1e-3)
+    if check_array:
+        np.testing.assert_array_equal(image.array[0], sitk.GetArrayFromImage(reference))
+
+
+def assert_orthonormal(image: Image) -> None:
+    matrix = image.direction_matrix
+    np.testing.assert_allclose(matrix.T @ matrix, np.eye(3), atol=1e-5)
+
+
+OBLIQUE_IOP = (1.0, 0.0, 0.0, 0.0, np.cos(0.3), -np.sin(0.3))
+
+
+def write_slice(
+    path: Path,
+    pixels: np.ndarray,
+    position: tuple[float, float, float],
+    instance: int,
+    series_uid: str,
+    orientation: tuple[float, ...] = OBLIQUE_IOP,
+    slope: float | None = None,
+    intercept: float | None = None,
+) -> None:
+    """One single-frame MR slice with the geometry attributes a series reader needs."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.SeriesDescription = "synthetic"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = series_uid
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+    ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
+    ds.PixelSpacing = ["0.5", "0.75"]  # row spacing (y), column spacing (x)
+    ds.SliceThickness = "2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    if slope is not None:
+        ds.RescaleSlope = str(slope)
+        ds.RescaleIntercept = str(intercept or 0)
+    ds.PixelData = pixels.astype(np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def write_series(
+    folder: Path, n: int = 4, gap: float = 2.0, series_uid: str | None = None, **kwargs
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` slices of 6x5 pixels along the oblique normal, written in reverse order under shuffled names.
+
+    Returns the stored volume (Z, Y, X) in ascending slice order and the position of the first slice.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    iop = np.asarray(OBLIQUE_IOP)
+    normal = np.cross(iop[:3], iop[3:])
+    first = np.array([-10.0, 20.0, 30.0])
+    volume = np.arange(n * 6 * 5, dtype=np.int16).reshape(n, 6, 5)
+    for k in reversed(range(n)):
+        position = first + k * gap * normal
+        write_slice(
+            folder / f"img{(7 * k) % n:03d}_{k}.dcm", volume[k], tuple(position), k + 1, series_uid, **kwargs
+        )
+    return volume, first
+
+
+def zip_folder(folder: Path, archive: Path, prefix: str = "") -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for file in sorted(folder.iterdir()):
+            zf.write(file, f"{prefix}{file.name}")
+    return archive
