@@ -14,12 +14,20 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
+from builders import shared
 from medseg.cli import main
 from medseg.errors import MedsegError
-from medseg.evaluate import CSV_COLUMNS, dice_per_class, evaluate_case, evaluate_folders, write_evaluation
+from medseg.evaluate import (
+    CONVENTIONS,
+    CSV_COLUMNS,
+    DICE_EMPTY,
+    dice_from_counts,
+    dice_per_class,
+    evaluate_case,
+    evaluate_folders,
+    write_evaluation,
+)
 from medseg.io import Image, read_image, write_image
-
-from conftest import shared
 
 SPACING = (3.0, 0.5, 0.8)  # z, y, x in mm: strongly anisotropic
 
@@ -115,11 +123,29 @@ def test_dice_per_class_on_arrays_and_tensors():
     pred = np.zeros_like(ref)
     pred[1:3] = 1  # 8 voxels, 4 of them shared
     for p, r in ((pred, ref), (torch.from_numpy(pred), torch.from_numpy(ref))):
-        scores = dice_per_class(p, r, [1, 2])
-        assert scores[1] == 0.5 and math.isnan(scores[2])  # class 2 in neither map
-    assert dice_per_class(pred, np.zeros_like(ref), [1]) == {1: 0.0}
+        assert dice_per_class(p, r, [1, 2], empty="one") == {1: 0.5, 2: 1.0}  # class 2 in neither map
+        scores = dice_per_class(p, r, [1, 2], empty="nan")
+        assert scores[1] == 0.5 and math.isnan(scores[2])
+    for empty in ("one", "nan"):  # present in one map only: 0 under either convention
+        assert dice_per_class(pred, np.zeros_like(ref), [1], empty=empty) == {1: 0.0}
     with pytest.raises(ValueError, match="differs"):
-        dice_per_class(pred, ref[:2], [1])
+        dice_per_class(pred, ref[:2], [1], empty="one")
+    with pytest.raises(ValueError, match="empty must be one of one, nan"):
+        dice_from_counts(0, 0, 0, empty="zero")
+    with pytest.raises(TypeError):
+        dice_per_class(pred, ref, [1])  # the convention is never implicit
+
+
+def test_every_reported_dice_uses_one_convention():
+    """Absent from both scores 1 wherever medseg reports Dice: the per-case rows, the summary, and the counts
+    training validation and post-processing use, so their JSON files agree on the same predictions."""
+    assert DICE_EMPTY == "one"
+    empty, ref = np.zeros((6, 6), np.uint8), np.zeros((6, 6), np.uint8)
+    ref[1:3, 1:3] = 1
+    rows = evaluate_case(empty, ref, (1, 1), {1: "a", 2: "b"})  # class 2 absent from both
+    assert [row["dice"] for row in rows] == [0.0, 1.0]
+    assert dice_per_class(empty, ref, [1, 2], empty=DICE_EMPTY) == {1: 0.0, 2: 1.0}
+    assert dice_from_counts(0, 0, 0, empty=DICE_EMPTY) == 1.0
 
 
 def test_evaluate_and_report_import_neither_torch_nor_monai():
@@ -127,7 +153,7 @@ def test_evaluate_and_report_import_neither_torch_nor_monai():
     than their work."""
     code = ("import sys, medseg.cli, medseg.evaluate, medseg.report; "
             "print(sorted({'torch', 'monai'} & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
@@ -182,12 +208,14 @@ def test_folders_report_files_and_matching(tmp_path):
         assert len(list(reader)) == 4
     summary = json.loads(json_path.read_text())
     assert summary["size_unit"] == "mm2" and summary["cases"] == 2 and summary["tolerance_mm"] == 2.0
+    assert summary["dice_empty"] == "one"
     assert summary["per_class"]["label_1"]["volume_ref"]["mean"] == pytest.approx(50 * 0.125)
     assert summary["empty"]["label_2"] == {"both_empty": 1, "pred_empty_only": 1, "ref_empty_only": 0}
     assert summary["per_class"]["label_2"]["hd95_mm"]["n"] == 0
     assert summary["per_class"]["label_1"]["dice"] == {"mean": 1.0, "median": 1.0, "std": 0.0, "n": 2}
     assert summary["mean_dice"] == pytest.approx(0.75)  # label_1: 1, label_2: (1 + 0) / 2
-    assert "both empty" in summary["conventions"].lower() or "absent from both" in summary["conventions"]
+    assert summary["conventions"] == CONVENTIONS
+    assert "absent from both prediction and reference: dice, iou, precision, recall, f1 = 1;" in CONVENTIONS
     assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["metrics.csv", "summary.json"]
 
     region = np.zeros_like(square)

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from medseg.bundle import POSTPROCESS_FILE
 from medseg.errors import MedsegError
 from medseg.postprocess import (
-    POSTPROCESS_FILE,
     PostprocessConfig,
     apply_postprocessing,
     apply_thresholds,
@@ -179,10 +179,10 @@ def test_choose_keeps_a_step_that_helps():
     hollow = ref.copy()
     hollow[4, 4, 4] = 0  # a hole the reference does not have
     empty = np.zeros_like(ref)
-    cases = [(spurious, ref, (1.0, 1.0, 1.0)), (hollow, ref, (1.0, 1.0, 1.0)), (empty, empty, (1.0, 1.0, 1.0))]
-    before = [p.copy() for p, _r, _s in cases]
+    cases = [(spurious, ref), (hollow, ref), (empty, empty)]
+    before = [p.copy() for p, _r in cases]
     config = choose_postprocessing(iter(cases), {0: "background", 1: "a", 2: "b"})
-    for (p, _r, _s), b in zip(cases, before):
+    for (p, _r), b in zip(cases, before):
         assert np.array_equal(p, b)  # the caller's arrays are not changed
 
     assert config.keep_largest_foreground
@@ -193,12 +193,13 @@ def test_choose_keeps_a_step_that_helps():
                            ("fill_holes", 1), ("fill_holes", 2)]
     fg = steps[("keep_largest_foreground", "foreground")]
     assert fg["kept"] and fg["dice_after"] > fg["dice_before"]
-    # the recorded Dice is what applying the chosen config gives (empty vs empty counts as 1)
-    out = [apply_postprocessing(p, config, s) for p, _r, s in cases]
+    # the recorded Dice is what applying the chosen config gives (empty vs empty counts as 1, as recorded)
+    assert config.dice_empty == "one" and config.to_dict()["dice_empty"] == "one"
+    out = [apply_postprocessing(p, config, (1.0, 1.0, 1.0)) for p, _r in cases]
     for value in (1, 2):
         last = steps[("fill_holes", value)]
         recorded = last["dice_after"] if last["kept"] else last["dice_before"]
-        assert recorded == pytest.approx(np.mean([dice(o, r, value) for o, (_p, r, _s) in zip(out, cases)]))
+        assert recorded == pytest.approx(np.mean([dice(o, r, value) for o, (_p, r) in zip(out, cases)]))
     assert np.array_equal(out[0], ref) and np.array_equal(out[1], ref)
     assert PostprocessConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
@@ -209,13 +210,13 @@ def test_choose_rejects_a_step_that_hurts():
     ref[7:11, 7:11] = 1  # the reference has two components
     pred = ref.copy()
     pred[1, 1] = 0
-    config = choose_postprocessing([(pred, ref, (1.0, 1.0))], {0: "bg", 1: "organ"})
+    config = choose_postprocessing([(pred, ref)], {0: "bg", 1: "organ"})
     assert not config.keep_largest_foreground and not config.for_class(1).keep_largest
     assert all(not d["kept"] for d in config.decisions)
     fg = config.decisions[0]
     assert fg["dice_after"] < fg["dice_before"]
     # equal within tolerance is not a gain
-    config = choose_postprocessing([(ref, ref, (1.0, 1.0))], {1: "organ"})
+    config = choose_postprocessing([(ref, ref)], {1: "organ"})
     assert config.is_noop()
 
 
@@ -229,11 +230,20 @@ def test_json_round_trip(tmp_path):
     path = save_postprocessing(config, tmp_path / "bundle" / POSTPROCESS_FILE)
     data = json.loads(path.read_text())
     assert data["format"] == "medseg-postprocess" and data["version"] == 1 and "2" in data["classes"]
+    assert data["dice_empty"] == "one"  # the Dice convention of the decisions
     back = load_postprocessing(path)
     assert back == config
     assert PostprocessConfig.from_dict(config.to_dict()) == config
     assert back.thresholds == {2: 0.3}
     assert [p.name for p in path.parent.iterdir()] == [POSTPROCESS_FILE]  # no temporary left behind
+    del data["dice_empty"]  # a file from before the convention was recorded: its decisions used "one" too
+    assert PostprocessConfig.from_dict(data) == config
+
+
+def test_dice_empty_comes_from_the_file():
+    data = {"format": "medseg-postprocess", "version": 1, "dice_empty": "nan"}
+    assert PostprocessConfig.from_dict(data).dice_empty == "nan"
+    assert PostprocessConfig.from_dict(data).to_dict()["dice_empty"] == "nan"
 
 
 @pytest.mark.parametrize("content, message", [
@@ -244,6 +254,7 @@ def test_json_round_trip(tmp_path):
     ('{"format": "medseg-postprocess", "version": 1, "classes": {"1": {"threshold": 2}}}', "threshold"),
     ('{"format": "medseg-postprocess", "version": 1, "classes": {"1": {"keep_larges": true}}}', "keep_larges"),
     ('{"format": "medseg-postprocess", "version": 1, "classes": {"x": {}}}', "not a valid"),
+    ('{"format": "medseg-postprocess", "version": 1, "dice_empty": "zero"}', "dice_empty must be one of"),
 ])
 def test_bad_file_is_a_clear_error(tmp_path, content, message):
     path = tmp_path / POSTPROCESS_FILE

@@ -100,7 +100,7 @@ def run_demo(data: Path | None, output: Path, budget_s: float | None, cache: Pat
     # the step count explains a low Dice on a slow machine better than any figure after it
     say(f"      {fold['steps']} steps, validation Dice {fold['val_dice_mean']:.3f} on {fold['cases']} cases "
         f"({seconds['train']} s with preprocessing)")
-    test_ids = json.loads((root / "split.json").read_text()).get("test", []) if (root / "split.json").exists() else []
+    test_ids = (report.dataset.split or {}).get("test", [])  # split.json, as discovery read and checked it
     if not test_ids:
         raise MedsegError("has no test list in split.json", root, "add split.json with a 'test' list of case ids")
     say(f"[3/5] predicting the {len(test_ids)} test cases")

@@ -1,5 +1,5 @@
 """Inference: sliding-window prediction with Gaussian weighting and optional mirror TTA."""
 
-from medseg.infer.sliding import predict_logits, predict_probabilities
+from medseg.infer.sliding import predict_logits
 
-__all__ = ["predict_logits", "predict_probabilities"]
+__all__ = ["predict_logits"]

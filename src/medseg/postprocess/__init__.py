@@ -2,7 +2,6 @@
 and the nnU-Net-style choice of which of them to apply, saved as ``postprocess.json`` in the bundle."""
 
 from medseg.postprocess.config import (
-    POSTPROCESS_FILE,
     ClassPostprocess,
     PostprocessConfig,
     load_postprocessing,
@@ -19,7 +18,6 @@ from medseg.postprocess.ops import (
 from medseg.postprocess.select import choose_postprocessing
 
 __all__ = [
-    "POSTPROCESS_FILE",
     "ClassPostprocess",
     "PostprocessConfig",
     "apply_postprocessing",

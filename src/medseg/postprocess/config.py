@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError
+from medseg.evaluate import DICE_EMPTY, DICE_EMPTY_CHOICES, DiceEmpty
 from medseg.io.atomic import write_text_atomic
 
-POSTPROCESS_FILE = "postprocess.json"
 POSTPROCESS_FORMAT = "medseg-postprocess"
 POSTPROCESS_VERSION = 1
 
@@ -39,12 +39,15 @@ class PostprocessConfig:
     """Per-class options keyed by label value (as str, like JSON), one global option, and the selection record.
 
     ``decisions`` holds one dict a tried step: ``{"step", "class", "dice_before", "dice_after", "kept"}``,
-    with ``class`` the label value (int) or ``"foreground"`` for the global step.
+    with ``class`` the label value (int) or ``"foreground"`` for the global step. ``dice_empty`` is the Dice
+    convention of those scores (:mod:`medseg.evaluate.overlap`); files written before it was recorded used
+    ``"one"`` too.
     """
 
     keep_largest_foreground: bool = False
     classes: dict[str, ClassPostprocess] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    dice_empty: DiceEmpty = DICE_EMPTY
 
     def __post_init__(self) -> None:
         self.classes = {
@@ -88,6 +91,7 @@ class PostprocessConfig:
                     "threshold": None if v.threshold is None else float(v.threshold)}
                 for k, v in sorted(self.classes.items(), key=lambda item: int(item[0]))
             },
+            "dice_empty": self.dice_empty,
             "decisions": [_json_decision(d) for d in self.decisions],
         }
 
@@ -101,13 +105,17 @@ class PostprocessConfig:
             raise MedsegError(f"post-processing file version {version} is not supported "
                               f"(expects {POSTPROCESS_VERSION})", source, _FIX)
         try:
-            unknown = set(data) - {"format", "version", "keep_largest_foreground", "classes", "decisions"}
+            unknown = set(data) - {"format", "version", "keep_largest_foreground", "classes", "decisions",
+                                   "dice_empty"}
             if unknown:
                 raise ValueError(f"unknown keys {sorted(unknown)}")
             classes = {str(int(k)): _parse_class(v) for k, v in dict(data.get("classes", {})).items()}
             decisions = [_parse_decision(d) for d in data.get("decisions", [])]
+            dice_empty = data.get("dice_empty", DICE_EMPTY)  # files from before it was recorded: "one" as well
+            if dice_empty not in DICE_EMPTY_CHOICES:
+                raise ValueError(f"dice_empty must be one of {list(DICE_EMPTY_CHOICES)}, got {dice_empty!r}")
             return cls(_parse_bool(data.get("keep_largest_foreground", False), "keep_largest_foreground"),
-                       classes, decisions)
+                       classes, decisions, dice_empty)
         except (KeyError, TypeError, ValueError) as exc:
             raise MedsegError(f"is not a valid post-processing file ({exc})", source, _FIX) from None
 

@@ -34,26 +34,26 @@ def keep_largest_component(labels: np.ndarray,
     ``classes="foreground"`` treats all foreground labels as one mask (nnU-Net style): voxels outside its largest
     component become background, and the kept voxels keep their labels.
     """
-    out = _as_labels(labels).copy()
+    out = as_labels(labels).copy()
     boxes = class_boxes(out)
     if isinstance(classes, str):
         if classes != "foreground":
             raise ValueError(f"classes must be None, label values or 'foreground', got {classes!r}")
-        _keep_largest_foreground_inplace(out, boxes)
+        keep_largest_foreground_inplace(out, boxes)
     else:
         for value in _selected(classes, boxes):
-            _keep_largest_inplace(out, value, boxes[value])
+            keep_largest_inplace(out, value, boxes[value])
     return out
 
 
 def remove_small_objects(labels: np.ndarray, min_size_mm: float, spacing: Sequence[float],
                          classes: Iterable[int] | None = None) -> np.ndarray:
     """Remove components smaller than ``min_size_mm`` (mm^3 in 3D, mm^2 in 2D; spacing in array axis order)."""
-    out = _as_labels(labels).copy()
+    out = as_labels(labels).copy()
     voxel_size = _voxel_size(spacing, out.ndim)
     boxes = class_boxes(out)
     for value in _selected(classes, boxes):
-        _remove_small_inplace(out, value, boxes[value], min_size_mm, voxel_size)
+        remove_small_inplace(out, value, boxes[value], min_size_mm, voxel_size)
     return out
 
 
@@ -63,10 +63,10 @@ def fill_holes(labels: np.ndarray, classes: Iterable[int] | None = None) -> np.n
     A hole (a face-connected region not reaching the image border through other voxels) is filled only when it
     is entirely background: a cavity holding another class, or touching one, is left as it is.
     """
-    out = _as_labels(labels).copy()
+    out = as_labels(labels).copy()
     boxes = class_boxes(out)
     for value in _selected(classes, boxes):
-        _fill_holes_inplace(out, value, boxes[value])
+        fill_holes_inplace(out, value, boxes[value])
     return out
 
 
@@ -106,46 +106,62 @@ def apply_postprocessing(labels: np.ndarray | None, config: PostprocessConfig, s
     argmax labels), keep-largest over all foreground, keep-largest per class, small-object removal per class,
     hole filling per class. ``spacing`` (array axis order) is needed only for ``min_size_mm``.
     """
-    thresholds = config.thresholds
-    if thresholds:
-        if probabilities is None:
-            raise ValueError(f"the post-processing has probability thresholds for classes {sorted(thresholds)}: "
-                             "pass the probabilities")
-        out = apply_thresholds(probabilities, thresholds)
-        if labels is not None:
-            labels = _as_labels(labels)
-            if labels.shape != out.shape:
-                raise ValueError(f"labels shape {labels.shape} differs from probabilities {out.shape}")
-            out = out.astype(labels.dtype, copy=False)
-    elif labels is None:
-        raise ValueError("no labels given (and no thresholds to make them from probabilities)")
-    else:
-        out = _as_labels(labels).copy()
+    out = _starting_labels(labels, config, probabilities)
     if config.is_noop():
         return out
     # Boxes only need to contain each class: every step below removes voxels, or adds them inside the class's
     # own box, so boxes found once stay valid.
     boxes = class_boxes(out)
     if config.keep_largest_foreground:
-        _keep_largest_foreground_inplace(out, boxes)
+        keep_largest_foreground_inplace(out, boxes)
     for value in config.labels_with("keep_largest"):
         if value in boxes:
-            _keep_largest_inplace(out, value, boxes[value])
-    small = config.labels_with("min_size_mm")
-    if small:
-        if spacing is None:
-            raise ValueError("min_size_mm is set: pass the voxel spacing")
-        voxel_size = _voxel_size(spacing, out.ndim)
-        for value in small:
-            if value in boxes:
-                _remove_small_inplace(out, value, boxes[value], config.for_class(value).min_size_mm, voxel_size)
+            keep_largest_inplace(out, value, boxes[value])
+    _remove_small_per_class(out, config, spacing, boxes)
     for value in config.labels_with("fill_holes"):
         if value in boxes:
-            _fill_holes_inplace(out, value, boxes[value])
+            fill_holes_inplace(out, value, boxes[value])
     return out
 
 
+def _starting_labels(labels: np.ndarray | None, config: PostprocessConfig,
+                     probabilities: np.ndarray | None) -> np.ndarray:
+    """A fresh label map for the steps to change: thresholded ``probabilities`` (cast to the dtype of ``labels``
+    when given) if ``config`` has thresholds, else a copy of ``labels``."""
+    thresholds = config.thresholds
+    if not thresholds:
+        if labels is None:
+            raise ValueError("no labels given (and no thresholds to make them from probabilities)")
+        return as_labels(labels).copy()
+    if probabilities is None:
+        raise ValueError(f"the post-processing has probability thresholds for classes {sorted(thresholds)}: "
+                         "pass the probabilities")
+    out = apply_thresholds(probabilities, thresholds)
+    if labels is not None:
+        labels = as_labels(labels)
+        if labels.shape != out.shape:
+            raise ValueError(f"labels shape {labels.shape} differs from probabilities {out.shape}")
+        out = out.astype(labels.dtype, copy=False)
+    return out
+
+
+def _remove_small_per_class(out: np.ndarray, config: PostprocessConfig, spacing: Sequence[float] | None,
+                            boxes: dict[int, Box]) -> None:
+    """The ``min_size_mm`` step, in place, for every class that sets it; ``spacing`` is needed only then."""
+    small = config.labels_with("min_size_mm")
+    if not small:
+        return
+    if spacing is None:
+        raise ValueError("min_size_mm is set: pass the voxel spacing")
+    voxel_size = _voxel_size(spacing, out.ndim)
+    for value in small:
+        if value in boxes:
+            remove_small_inplace(out, value, boxes[value], config.for_class(value).min_size_mm, voxel_size)
+
+
 # ---------------------------------------------------------------------------------------------------- in-place steps
+# Shared with :mod:`medseg.postprocess.select`, which applies a step only once it has scored it. Each changes
+# ``labels`` inside ``box`` (a box of the class's voxels, or a superset of it) and returns nothing.
 
 
 def class_boxes(labels: np.ndarray) -> dict[int, Box]:
@@ -154,6 +170,7 @@ def class_boxes(labels: np.ndarray) -> dict[int, Box]:
 
 
 def union_box(boxes: Iterable[Box]) -> Box | None:
+    """The smallest box holding all ``boxes``; None when there are none."""
     boxes = list(boxes)
     if not boxes:
         return None
@@ -209,7 +226,8 @@ def holes_to_fill(crop: np.ndarray, value: int) -> np.ndarray | None:
     return fillable[components]
 
 
-def _keep_largest_foreground_inplace(labels: np.ndarray, boxes: dict[int, Box]) -> None:
+def keep_largest_foreground_inplace(labels: np.ndarray, boxes: dict[int, Box]) -> None:
+    """Set to background the foreground outside the largest component of all foreground classes together."""
     box = union_box(boxes.values())
     if box is None:
         return
@@ -219,21 +237,24 @@ def _keep_largest_foreground_inplace(labels: np.ndarray, boxes: dict[int, Box]) 
         crop[drop] = 0
 
 
-def _keep_largest_inplace(labels: np.ndarray, value: int, box: Box) -> None:
+def keep_largest_inplace(labels: np.ndarray, value: int, box: Box) -> None:
+    """Set to background the voxels of class ``value`` outside its largest component."""
     crop = labels[box]
     drop = largest_drop(crop == value)
     if drop is not None:
         crop[drop] = 0
 
 
-def _remove_small_inplace(labels: np.ndarray, value: int, box: Box, min_size_mm: float, voxel_size: float) -> None:
+def remove_small_inplace(labels: np.ndarray, value: int, box: Box, min_size_mm: float, voxel_size: float) -> None:
+    """Set to background the components of class ``value`` smaller than ``min_size_mm`` (``voxel_size`` in mm)."""
     crop = labels[box]
     drop = small_drop(crop == value, min_size_mm, voxel_size)
     if drop is not None:
         crop[drop] = 0
 
 
-def _fill_holes_inplace(labels: np.ndarray, value: int, box: Box) -> None:
+def fill_holes_inplace(labels: np.ndarray, value: int, box: Box) -> None:
+    """Fill with ``value`` the holes of that class made only of background (see :func:`holes_to_fill`)."""
     crop = labels[box]
     holes = holes_to_fill(crop, value)
     if holes is not None:
@@ -243,7 +264,8 @@ def _fill_holes_inplace(labels: np.ndarray, value: int, box: Box) -> None:
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _as_labels(labels: np.ndarray) -> np.ndarray:
+def as_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as an integer (Z, Y, X) or (Y, X) array (no copy); ValueError for anything else."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"label maps must be integer arrays, got {labels.dtype}")

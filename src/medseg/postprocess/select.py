@@ -4,9 +4,11 @@ Steps are tried in order, each on top of those already kept: keep-largest over a
 per class, then hole filling per class. A step is kept only where it raises the mean validation Dice (over all
 foreground classes for the global step, of that class for a per-class step) by more than ``tolerance``.
 
-Dice of a class in a case is 1 when it is absent from both prediction and reference (unlike
-:mod:`medseg.evaluate`, which leaves such cases out): removing a spurious blob from a case without that class
-must count as a gain.
+Dice is medseg's one Dice (:func:`medseg.evaluate.dice_from_counts`) with the convention of every Dice medseg
+reports (:data:`medseg.evaluate.DICE_EMPTY`, ``"one"``, recorded as ``"dice_empty"`` in ``postprocess.json``): a
+class absent from both prediction and reference scores 1 in that case, as in ``medseg evaluate``, training
+validation and the TTA check. That is also what the rule needs: removing a spurious blob from a case without that
+class must count as a gain (0 before, 1 after), where a NaN would drop the case from the mean and hide it.
 
 No full-size copies are made to score a step: each step's effect is computed inside the class's bounding box and
 the Dice after it follows from the voxels it would change. A prediction is copied only when a step is kept.
@@ -14,20 +16,21 @@ the Dice after it follows from the voxels it would change. A prediction is copie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from medseg.evaluate import DICE_EMPTY, dice_from_counts
 from medseg.postprocess.config import ClassPostprocess, PostprocessConfig
 from medseg.postprocess.ops import (
     Box,
-    _as_labels,
-    _fill_holes_inplace,
-    _keep_largest_foreground_inplace,
-    _keep_largest_inplace,
+    as_labels,
     class_boxes,
+    fill_holes_inplace,
     holes_to_fill,
+    keep_largest_foreground_inplace,
+    keep_largest_inplace,
     largest_drop,
     union_box,
 )
@@ -51,19 +54,19 @@ class _Case:
             self.owned = True
 
 
-def choose_postprocessing(cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence[float]]],
-                          labels: dict[int, str], tolerance: float = 1e-4) -> PostprocessConfig:
-    """Pick post-processing from ``(prediction, reference, spacing)`` validation cases.
+def choose_postprocessing(cases: Iterable[tuple[np.ndarray, np.ndarray]], labels: dict[int, str],
+                          tolerance: float = 1e-4) -> PostprocessConfig:
+    """Pick post-processing from ``(prediction, reference)`` label maps of validation cases.
 
     ``labels`` maps label values to names (0, background, is skipped). Returns a config with
-    ``keep_largest_foreground``, per-class ``keep_largest`` / ``fill_holes`` and the ``decisions`` record.
-    ``spacing`` is accepted for symmetry with :func:`apply_postprocessing`; no chosen step depends on it.
+    ``keep_largest_foreground``, per-class ``keep_largest`` / ``fill_holes`` and the ``decisions`` record. No
+    step tried depends on the voxel spacing (small-object removal, which would, is never chosen here).
     """
     classes = sorted({int(k) for k in labels} - {0})
-    states = [_prepare(pred, ref, classes) for pred, ref, _spacing in cases]
+    states = [_prepare(pred, ref, classes) for pred, ref in cases]
     if not states:
         raise ValueError("choose_postprocessing needs at least one validation case")
-    config = PostprocessConfig(classes={str(c): ClassPostprocess() for c in classes})
+    config = PostprocessConfig(classes={str(c): ClassPostprocess() for c in classes}, dice_empty=DICE_EMPTY)
     if not classes:
         return config
 
@@ -79,7 +82,7 @@ def choose_postprocessing(cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence
         for state in states:
             if state.pending != state.counts:
                 state.own()
-                _keep_largest_foreground_inplace(state.pred, state.boxes)
+                keep_largest_foreground_inplace(state.pred, state.boxes)
                 state.counts = state.pending
 
     # 2. keep the largest component per class, 3. fill holes per class
@@ -97,14 +100,14 @@ def choose_postprocessing(cases: Iterable[tuple[np.ndarray, np.ndarray, Sequence
             for state in states:
                 if state.pending[value] != state.counts[value] and value in state.boxes:
                     state.own()
-                    apply = _keep_largest_inplace if step == "keep_largest" else _fill_holes_inplace
+                    apply = keep_largest_inplace if step == "keep_largest" else fill_holes_inplace
                     apply(state.pred, value, state.boxes[value])
                     state.counts[value] = state.pending[value]
     return config
 
 
 def _prepare(pred: np.ndarray, ref: np.ndarray, classes: list[int]) -> _Case:
-    pred, ref = _as_labels(pred), _as_labels(ref)
+    pred, ref = as_labels(pred), as_labels(ref)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from reference {ref.shape}")
     boxes = class_boxes(pred)
@@ -155,8 +158,7 @@ def _score_class_step(state: _Case, classes: list[int], step: str) -> None:
 
 def _dice(counts: tuple[int, int], reference: int) -> float:
     predicted, hits = counts
-    total = predicted + reference
-    return 1.0 if total == 0 else 2.0 * hits / total
+    return dice_from_counts(predicted, reference, hits, empty=DICE_EMPTY)
 
 
 def _class_means(states: list[_Case], classes: list[int], pending: bool) -> dict[int, float]:

@@ -1,7 +1,8 @@
 """Resample, normalise and crop cases as the plan says; cache the result on disk for every later run.
 
-The same :func:`preprocess_image` serves training and inference, and :func:`restore_to_original` undoes
-cropping and resampling for predictions, so both sides can never drift apart.
+The same :func:`preprocess_image` serves training and inference, so both sides can never drift apart; its
+:class:`CaseProperties` (original shape and spacing, crop box) are what :mod:`medseg.infer.restore` needs to put a
+prediction back on the scan's grid.
 """
 
 from __future__ import annotations
@@ -134,25 +135,6 @@ def _class_locations(seg: np.ndarray, labels: list[int]) -> dict[str, list[list[
             coords = coords[rng.choice(len(coords), CLASS_LOCATIONS_PER_CLASS, replace=False)]
         locations[str(value)] = coords.tolist()
     return locations
-
-
-def restore_to_original(probabilities: torch.Tensor, props: CaseProperties) -> torch.Tensor:
-    """Map class probabilities (K, *resampled) back to the original grid (K, *original), zero outside the crop.
-
-    Resampled one class at a time so the peak is one full-size float map per class at most.
-    """
-    crop_shape = [b - a for a, b in props.crop_bbox]
-    mode = "trilinear" if probabilities.ndim == 4 else "bilinear"
-    out = torch.zeros((probabilities.shape[0], *props.original_shape), dtype=probabilities.dtype)
-    out[0] = 1.0  # background outside the crop
-    region = (slice(None),) + tuple(slice(a, b) for a, b in props.crop_bbox)
-    if list(probabilities.shape[1:]) == crop_shape:
-        out[region] = probabilities
-        return out
-    for k in range(probabilities.shape[0]):
-        out[k][region[1:]] = F.interpolate(probabilities[k][None, None].float(), size=tuple(crop_shape), mode=mode,
-                                           align_corners=False)[0, 0].to(out.dtype)
-    return out
 
 
 # ---- the on-disk cache -----------------------------------------------------------------------------------

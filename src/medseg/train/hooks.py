@@ -80,7 +80,11 @@ class LogHook(Hook):
 
 
 class CurveHook(Hook):
-    """Loss and validation Dice against time, as a PNG at the end (and at each validation)."""
+    """Loss and mean validation Dice against time, drawn once as a PNG when training ends.
+
+    Steps and validations are only collected while training runs; nothing is drawn before the end, so a run
+    that crashes leaves no curve (``log.jsonl`` has every validation, and ``medseg report`` draws from it).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
