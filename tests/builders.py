@@ -69,6 +69,44 @@ def make_3d_dataset(root: Path, cases: int = 6, shape: tuple[int, int, int] = (1
     return root
 
 
+REGION_LABELS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+
+
+def make_region_dataset(root: Path, cases: int = 6, shape: tuple[int, int, int] = (16, 16, 16), seed: int = 0,
+                        declare_regions: bool = True) -> Path:
+    """Two-channel volumes with nested boxes (label 1 around 2 around 3), BraTS-like, listed MONAI-style.
+
+    ``dataset.json`` lists each case's channel files as a list, and with ``declare_regions`` declares the nested
+    regions whole (1-3), core (2-3) and enhancing (3), painted back in that order (so painting is exact).
+    """
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i in range(cases):
+        label = np.zeros(shape, np.uint8)
+        centre = [int(rng.integers(s // 3, s - s // 3)) for s in shape]
+        for value, half in ((1, 5), (2, 3), (3, 1)):
+            label[tuple(slice(max(c - half, 0), c + half + 1) for c in centre)] = value
+        flair = rng.normal(0, 0.3, size=shape).astype(np.float32) + (label > 0) * 2.0
+        t1c = rng.normal(0, 0.3, size=shape).astype(np.float32) + (label == 3) * 3.0 + (label == 2) * 1.0
+        names = []
+        for channel, array in enumerate((flair, t1c)):
+            name = f"imagesTr/tumour_{i:03d}_{channel:04d}.nii.gz"
+            write_image(Image.from_array(array[None], spacing=(1.0, 1.0, 1.0)), root / name)
+            names.append(f"./{name}")
+        label_name = f"labelsTr/tumour_{i:03d}.nii.gz"
+        write_image(Image.from_array(label[None], spacing=(1.0, 1.0, 1.0)), root / label_name)
+        training.append({"image": names, "label": f"./{label_name}"})
+    labels = REGION_LABELS if declare_regions else {"background": 0, "edema": 1, "core": 2, "enhancing": 3}
+    meta = {"name": "Tumours", "channel_names": {"0": "FLAIR", "1": "T1c"}, "labels": labels,
+            "numTraining": cases, "file_ending": ".nii.gz", "training": training}
+    if declare_regions:
+        meta["regions_class_order"] = [1, 2, 3]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
 def make_2d_dataset(root: Path, cases: int = 6, shape: tuple[int, int] = (32, 32), seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)

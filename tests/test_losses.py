@@ -11,6 +11,8 @@ from medseg.losses import LOSS_NAMES, build_loss, deep_supervision_weights, down
 
 C = 3
 
+LABEL_LOSSES = tuple(name for name in LOSS_NAMES if name != "dice_bce")  # softmax losses over label maps
+
 
 def labels(spatial=(16, 16), batch=2, seed=0) -> torch.Tensor:
     """(B, 1, *spatial) int64 labels with every class present."""
@@ -31,11 +33,13 @@ def random_logits(spatial=(16, 16), batch=2) -> torch.Tensor:
 
 def test_loss_names():
     assert LOSS_NAMES[0] == "dice_ce"
-    assert set(LOSS_NAMES) == {"dice_ce", "ce", "dice", "focal", "tversky"}
+    assert set(LOSS_NAMES) == {"dice_ce", "ce", "dice", "focal", "tversky", "dice_bce"}
+    with pytest.raises(MedsegError, match="loss 'dice_bce' trains regions"):  # tested in test_regions.py
+        build_loss("dice_bce", num_classes=3)
 
 
 @pytest.mark.parametrize("spatial", [(16, 16), (8, 8, 8)])
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", LABEL_LOSSES)
 def test_finite_scalar_that_backpropagates(name, spatial):
     loss_fn = build_loss(name, num_classes=C)
     logits = random_logits(spatial)
@@ -45,7 +49,7 @@ def test_finite_scalar_that_backpropagates(name, spatial):
     assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", LABEL_LOSSES)
 def test_perfect_prediction_beats_wrong_and_random(name):
     loss_fn = build_loss(name, num_classes=C)
     target = labels()
@@ -56,7 +60,7 @@ def test_perfect_prediction_beats_wrong_and_random(name):
     assert perfect < 1e-3
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", LABEL_LOSSES)
 def test_target_with_or_without_channel_axis_and_any_int_dtype(name):
     loss_fn = build_loss(name, num_classes=C)
     logits, target = random_logits().detach(), labels()
@@ -65,7 +69,7 @@ def test_target_with_or_without_channel_axis_and_any_int_dtype(name):
     assert torch.allclose(loss_fn(logits, target.to(torch.uint8)), ref)
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", LABEL_LOSSES)
 def test_deep_supervision_list(name):
     loss_fn = build_loss(name, num_classes=C)
     target = labels((16, 16, 16), batch=1)
@@ -98,7 +102,7 @@ def test_custom_deep_supervision_weights():
             build_loss("ce", num_classes=C, deep_supervision_weights=bad)
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", LABEL_LOSSES)
 def test_bf16_autocast_on_cpu(name):
     loss_fn = build_loss(name, num_classes=C)
     conv = torch.nn.Conv2d(2, C, 1)

@@ -11,27 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from builders import blob_case, make_2d_dataset, make_3d_dataset, run_cli
 from medseg.bundle import load_bundle
-from medseg.cli import app
 from medseg.errors import MedsegError
 from medseg.infer import restore
 from medseg.infer.predict import PredictOptions, Predictor, collect_inputs, predict_paths
 from medseg.io import Image, read_image, write_image
-from medseg.train import TrainConfig, TrainRequest, train
-from synthetic import blob_case, make_2d_dataset, make_3d_dataset
-from test_train import tiny_plan
-
-
-def _bundle(root: Path, maker) -> Path:
-    data = maker(root / "data")
-    request = TrainRequest(data=data, run_dir=root / "run", plan_path=tiny_plan(data, root / "plan.json"),
-                           cache_root=root / "cache", workers=1, progress_bar=False, folds=3)
-    torch.set_num_threads(1)
-    return train(request, TrainConfig(epochs=1, steps_per_epoch=2, validations=1))
-
-
-def run_cli(*args: str) -> int:
-    return app(list(args), standalone_mode=False) or 0
 
 
 @pytest.mark.parametrize("shape", [(7, 9, 11), (40, 6, 5), (13, 12, 9)])  # the last: the same grid
@@ -201,9 +186,9 @@ def test_bundle_postprocessing_is_applied_and_can_be_turned_off(tmp_path, bundle
 def test_bf16_bundle_predicts_in_fp32_on_a_cpu_without_native_bf16(tmp_path, bundle_3d, monkeypatch, native):
     """A bundle trained where bf16 is fast (GPU, AVX512-BF16) must not run emulated bf16 on a CPU without it."""
     import medseg.infer.predict as predict_module
-    import medseg.plan.planner as planner
+    from medseg import runtime
 
-    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     used: list[str] = []
     real = predict_module.predict_logits
 

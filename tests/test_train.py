@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,18 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from builders import free_port, make_2d_dataset, make_3d_dataset, tiny_plan
 from medseg.bundle import load_bundle
-from medseg.data import check_dataset, discover_dataset
 from medseg.errors import MedsegError
-from medseg.plan import Machine, fingerprint_from_report, make_plan
+from medseg.plan import AugmentConfig
 from medseg.preprocess import load_cached
 from medseg.train import TrainConfig, TrainRequest, train
 from medseg.train.api import prepare_run
 from medseg.train.hooks import Hook
 from medseg.train.loop import WARMUP_STEPS, Trainer
-from synthetic import make_2d_dataset, make_3d_dataset
-
-CPU = Machine("cpu", cores=2, memory_bytes=24 << 30, bf16=False)
 
 
 @pytest.fixture(autouse=True)
@@ -33,17 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_plan(data: Path, path: Path, **changes) -> Path:
-    report = check_dataset(discover_dataset(data), workers=1)
-    plan = make_plan(fingerprint_from_report(report), machine=CPU)
-    plan.features = [4, 8, 16]
-    plan.strides = [[2] * plan.dim, [2] * plan.dim]
-    plan.batch_size = 2
-    for key, value in changes.items():
-        setattr(plan, key, value)
-    return plan.save(path)
 
 
 def request(tmp_path: Path, data: Path, **kw) -> TrainRequest:
@@ -82,6 +67,35 @@ def test_tiny_training_writes_a_loadable_bundle(tmp_path, maker):
     assert check["cases"] == 2 and check["tta"] == (check["dice_tta"] > check["dice_plain"] + 0.002)
 
 
+def test_one_case_trains_without_validation_and_two_cases_make_two_folds(tmp_path):
+    one = make_3d_dataset(tmp_path / "one", cases=1)
+    bundle = train(request(tmp_path / "a", one, fold="none"), TrainConfig(epochs=1, steps_per_epoch=2))
+    fold = load_bundle(bundle).metrics["folds"]["none"]
+    assert fold["steps"] == 2 and "val_dice" not in fold  # trained on the one case, validated on none
+    assert "inference" not in load_bundle(bundle).metrics  # nothing held out to measure TTA on
+    # the default fold 0 of a 1-case set is that same single fold
+    assert load_bundle(train(request(tmp_path / "b", one), TrainConfig(epochs=1, steps_per_epoch=2))).folds == ["0"]
+
+    two = make_3d_dataset(tmp_path / "two", cases=2)
+    bundle = train(request(tmp_path / "c", two, fold="all"), TrainConfig(epochs=1, steps_per_epoch=2))
+    splits = json.loads((bundle.parent / "splits.json").read_text())
+    assert splits["folds"] == 2 and splits["notes"] == [
+        "2 training case(s) cannot make 3 folds: made 2 instead (one case validates each)"]
+    assert sorted(load_bundle(bundle).metrics["folds"]) == ["0", "1"]
+
+
+def test_a_plan_that_mirrors_no_axis_finishes_its_run_with_tta_off(tmp_path):
+    """Left/right organs make the plan mirror nothing; the TTA check then has nothing to measure (was a KeyError)."""
+    data = make_3d_dataset(tmp_path / "data")
+    plan = tiny_plan(data, tmp_path / "plan.json", augment=AugmentConfig(mirror_axes=()))
+    run = TrainRequest(data=data, run_dir=tmp_path / "run", plan_path=plan, cache_root=tmp_path / "cache",
+                       workers=1, progress_bar=False, folds=3)
+    bundle = train(run, TrainConfig(epochs=1, steps_per_epoch=2, validations=1))
+    inference = load_bundle(bundle).metrics["inference"]
+    assert inference["tta"] is False and inference["tta_check"]["0"] == {"cases": 2, "tta": False, "dice_empty": "one"}
+    assert (bundle / "model_card.md").exists()
+
+
 def test_training_learns_the_2d_blobs(tmp_path):
     """Enough steps on an easy task must beat chance clearly: the loop really optimises."""
     data = make_2d_dataset(tmp_path / "data", cases=6)
@@ -105,7 +119,7 @@ class Crash(Hook):
 def test_resume_continues_from_the_saved_step_exactly(tmp_path):
     data = make_2d_dataset(tmp_path / "data")
     plan, splits, cache, _ = prepare_run(request(tmp_path, data))
-    train_cases = [load_cached(cache, c) for c in splits["splits"][0]["train"]]
+    train_cases = [load_cached(cache, c) for c in splits.folds[0].train]
     config = TrainConfig(epochs=2, steps_per_epoch=4, checkpoint_every_s=0.0, seed=3)
 
     reference = Trainer(plan, train_cases, [], tmp_path / "reference", config)
@@ -127,7 +141,7 @@ def test_resume_continues_from_the_saved_step_exactly(tmp_path):
 def test_foreign_checkpoint_is_refused_without_unpickling(tmp_path):
     data = make_3d_dataset(tmp_path / "data")
     plan, splits, cache, _ = prepare_run(request(tmp_path, data))
-    cases = [load_cached(cache, c) for c in splits["splits"][0]["train"]]
+    cases = [load_cached(cache, c) for c in splits.folds[0].train]
     folder = tmp_path / "bad"
     folder.mkdir()
 
@@ -175,9 +189,9 @@ class Recorder(Hook):
 def test_budget_mode_stops_on_time_and_anneals(tmp_path):
     data = make_2d_dataset(tmp_path / "data")
     plan, splits, cache, _ = prepare_run(request(tmp_path, data))
-    fold = splits["splits"][0]
+    fold = splits.folds[0]
     recorder = Recorder()
-    cases = {name: [load_cached(cache, c) for c in fold[name]] for name in ("train", "val")}
+    cases = {name: [load_cached(cache, c) for c in getattr(fold, name)] for name in ("train", "val")}
     trainer = Trainer(plan, cases["train"], cases["val"], tmp_path / "fold",
                       TrainConfig(budget_s=6.0, steps_per_epoch=1, validations=2), hooks=[recorder])
     metrics = trainer.run()
@@ -189,12 +203,6 @@ def test_budget_mode_stops_on_time_and_anneals(tmp_path):
     assert progress == sorted(progress) and metrics["steps"] == len(progress) > WARMUP_STEPS - 1
     lrs = [s["lr"] for s in recorder.steps]
     assert lrs == sorted(lrs, reverse=True)  # poly schedule over wall-clock progress
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="DDP with gloo is exercised on Linux")
@@ -209,7 +217,7 @@ def test_ddp_two_processes_write_one_bundle(tmp_path):
     plan = tiny_plan(data, tmp_path / "plan.json")
     cmd = [sys.executable, "-m", "medseg", "train", str(data), "-o", str(tmp_path / "run"), "--plan", str(plan),
            "--epochs", "2", "--cache", str(tmp_path / "cache"), "--no-progress", "--folds", "3", "--workers", "1"]
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
                   "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
     ranks = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
@@ -230,9 +238,9 @@ def test_ddp_two_processes_write_one_bundle(tmp_path):
 @pytest.mark.parametrize("native", [True, False])
 def test_a_bf16_plan_trains_in_fp32_on_a_cpu_without_native_bf16(tmp_path, monkeypatch, native):
     """The plan may come from another machine; emulated bf16 ran 2.6x slower than fp32 on a CPU without it."""
-    import medseg.plan.planner as planner
+    from medseg import runtime
 
-    monkeypatch.setattr(planner, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     data = make_3d_dataset(tmp_path / "data")
     plan_path = tiny_plan(data, tmp_path / "plan.json", precision="bf16")
     run = TrainRequest(data=data, run_dir=tmp_path / "run", plan_path=plan_path, cache_root=tmp_path / "cache",
@@ -240,3 +248,33 @@ def test_a_bf16_plan_trains_in_fp32_on_a_cpu_without_native_bf16(tmp_path, monke
     loaded = load_bundle(train(run, TrainConfig(epochs=1, steps_per_epoch=2, validations=1)))
     assert loaded.plan.precision == "bf16"  # the plan is kept as given ...
     assert loaded.metrics["folds"]["0"]["precision"] == ("bf16" if native else "fp32")  # ... compute follows the CPU
+
+
+def test_validation_dice_in_metrics_json_agrees_with_the_fold_summary(tmp_path, monkeypatch):
+    """One Dice convention everywhere: a class absent from both masks of a case scores 1 in the bundle's
+    metrics.json (training validation) and in the fold's summary.json (full evaluation) alike."""
+    from medseg.io import read_image, write_image
+
+    data = make_3d_dataset(tmp_path / "data")
+    for path in sorted((data / "labelsTr").iterdir())[1:]:  # class 2 only in the first case
+        label = read_image(path)
+        write_image(label.with_array(np.where(label.array == 2, 0, label.array)), path)
+
+    def background(model, data, patch_size, **kwargs):  # the validation predicts no foreground at all
+        logits = torch.zeros(3, *data.shape[1:])
+        logits[0] = 1.0
+        return logits
+
+    monkeypatch.setattr("medseg.train.loop.predict_logits", background)
+    bundle = train(request(tmp_path, data), TrainConfig(epochs=1, steps_per_epoch=2, validations=1))
+    fold = load_bundle(bundle).metrics["folds"]["0"]
+    summary = json.loads((bundle.parent / "fold_0" / "validation" / "summary.json").read_text())
+    assert summary["empty"]["bright"]["both_empty"] >= 1  # the case this test is about
+    assert fold["dice_empty"] == summary["dice_empty"] == "one"
+    assert fold["val_dice"] == {"1": 0.0, "2": pytest.approx(summary["per_class"]["bright"]["dice"]["mean"])}
+    assert fold["val_dice"]["2"] > 0 and fold["val_dice_mean"] == pytest.approx(summary["mean_dice"])
+    assert summary["per_class"]["small"]["dice"]["mean"] == 0.0
+    header = (bundle.parent / "fold_0" / "validation.csv").read_text().splitlines()[0].split(",")
+    assert "dice_empty" in header
+    assert json.loads((bundle / "postprocess.json").read_text())["dice_empty"] == "one"
+    assert load_bundle(bundle).metrics["inference"]["tta_check"]["0"]["dice_empty"] == "one"

@@ -114,10 +114,10 @@ def write_model_card(folder: Path, plan: Plan, summary: dict[str, Any], metrics:
     rows = []
     for fold, m in sorted(metrics.get("folds", {}).items()):
         dice = m.get("val_dice", {})
-        cells = " | ".join(f"{dice.get(str(v), float('nan')):.4f}" for v in plan.foreground_labels)
+        cells = " | ".join(f"{dice.get(str(v), float('nan')):.4f}" for v in plan.scored_classes)
         rows.append(f"| {fold} | {m.get('cases', 0)} | {cells} | {m.get('val_dice_mean', float('nan')):.4f} | "
                     f"{m.get('steps', 0)} | {m.get('elapsed_s', 0):.0f} |")
-    head = " | ".join(plan.labels[v] for v in plan.foreground_labels)
+    head = " | ".join(plan.scored_classes.values())
     text = f"""# Model card: {plan.dataset_name}
 
 Trained with medseg {__version__} by `{command}`.
@@ -138,7 +138,7 @@ loss {plan.loss}, optimiser {plan.optimizer}, precision {plan.precision}; target
 
 ## Validation (held-out fold, Dice per foreground class on the preprocessed grid)
 | fold | cases | {head} | mean | steps | seconds |
-|---|---|{'---|' * len(plan.foreground_labels)}---|---|---|
+|---|---|{'---|' * len(plan.scored_classes)}---|---|---|
 {chr(10).join(rows) or '| (no validation: trained on all cases) |'}
 
 ## Intended use and limits

@@ -20,6 +20,8 @@ def check(
     labels: Annotated[str | None, typer.Option(help="Label names, e.g. '0:background,1:liver'.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     workers: Annotated[int, typer.Option(help="Processes reading cases (0: automatic).")] = 0,
+    regions: Annotated[Path | None, typer.Option(help="Region labels (JSON with 'labels' and "
+                                                      "'regions_class_order') instead of dataset.json's.")] = None,
 ) -> None:
     """Validate a data set: every problem with its file and fix, and a summary. Exit 1 when problems exist.
 
@@ -28,7 +30,7 @@ def check(
     from medseg.data import check_dataset, discover_dataset, parse_labels
 
     start = time.perf_counter()
-    dataset = discover_dataset(data, labels=parse_labels(labels) if labels else None)
+    dataset = discover_dataset(data, labels=parse_labels(labels) if labels else None, regions_file=regions)
     report = check_dataset(dataset, workers=workers or None)
     seconds = time.perf_counter() - start
     if json_output:
@@ -53,6 +55,8 @@ def _print_check(report, seconds: float) -> None:  # noqa: ANN001 - CheckReport,
         unit = "ml" if summary.get("dim") == 3 else "mm2"
         table.add_row(f"label {value}", f"{entry['name']}: in {entry['cases_containing']} cases, "
                                         f"mean {size:.4g} {unit}")
+    for name, values in summary.get("regions", {}).items():
+        table.add_row(f"region {name}", f"labels {values}")
     if summary.get("split"):
         table.add_row("split.json", str(summary["split"]))
     out.print(table)
@@ -110,6 +114,8 @@ def plan(
     output: Annotated[Path, typer.Option("-o", "--output", help="Plan file to write.")] = Path("plan.json"),
     dim: Annotated[str | None, typer.Option(help="2d or 3d (default: the data's).")] = None,
     model: Annotated[ModelName, typer.Option(help="Network.")] = "unet",
+    regions: Annotated[Path | None, typer.Option(help="Region labels (JSON with 'labels' and "
+                                                      "'regions_class_order') instead of dataset.json's.")] = None,
 ) -> None:
     """Fingerprint a data set and write the plan sized for this machine.
 
@@ -118,7 +124,7 @@ def plan(
     from medseg.data import check_dataset, discover_dataset
     from medseg.plan import fingerprint_from_report, make_plan
 
-    report = check_dataset(discover_dataset(data))
+    report = check_dataset(discover_dataset(data, regions_file=regions))
     report.raise_if_failed()
     the_plan = make_plan(fingerprint_from_report(report), dim=parse_dim(dim), model=model)
     the_plan.save(output)

@@ -24,6 +24,8 @@ def evaluate(
         help="Score only inside these masks (a folder matched by case id, or one file), e.g. DRIVE's FOV.")] = None,
     tolerance: Annotated[float, typer.Option(help="Normalised surface Dice tolerance in mm.")] = 2.0,
     workers: Annotated[int, typer.Option(help="Processes (0: automatic).")] = 0,
+    regions: Annotated[Path | None, typer.Option(help="Score regions instead of labels: a JSON file with region "
+                                                      "'labels' and 'regions_class_order' (nnU-Net v2 form).")] = None,
 ) -> None:
     """Score predictions against references per case and class: Dice, IoU, HD95, ASSD, surface Dice, volumes.
 
@@ -33,7 +35,7 @@ def evaluate(
 
     start = time.perf_counter()
     result = evaluate_folders(prediction, reference, labels=labels, region_dir=region, workers=workers or None,
-                              tolerance_mm=tolerance)
+                              tolerance_mm=tolerance, regions_file=regions)
     csv_path, json_path = write_evaluation(result, output)
     summary = result.summary()
     table = Table(title=f"{summary['cases']} case(s), NSD at {tolerance:g} mm")

@@ -35,6 +35,8 @@ def train(
     cache: Annotated[Path | None, typer.Option(help="Preprocessed-data cache folder.")] = None,
     workers: Annotated[int, typer.Option(help="Processes for checking and preprocessing (0: automatic).")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    regions: Annotated[Path | None, typer.Option(help="Train regions: a JSON file with region 'labels' and "
+                                                      "'regions_class_order' (nnU-Net v2 form).")] = None,
 ) -> None:
     """Train a model: check, plan, preprocess (cached), train, write RUN/bundle.
 
@@ -48,7 +50,7 @@ def train(
         raise MedsegError("say how long to train", "medseg train", "add --budget 15m or --epochs N")
     request = TrainRequest(data=data, run_dir=output, dim=parse_dim(dim), fold=fold, folds=folds, model=model,
                            loss=loss, optimizer=optimizer, plan_path=plan_file, cache_root=cache,
-                           workers=workers or None, progress_bar=not no_progress)
+                           workers=workers or None, progress_bar=not no_progress, regions_file=regions)
     config = TrainConfig(epochs=epochs, budget_s=parse_duration(budget) if budget else None, seed=seed,
                          patience=patience, deterministic=deterministic, resume=resume)
     bundle = run_training(request, config)

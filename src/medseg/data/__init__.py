@@ -10,10 +10,11 @@ from medseg.data.dataset import (
     load_case_label,
     parse_labels,
 )
+from medseg.data.regions import Region, load_regions_file, paint_regions, region_masks
 from medseg.data.split import Fold, Splits, load_splits, make_splits, write_splits
 
 __all__ = [
-    "Case", "CaseStats", "CheckReport", "Dataset", "Fold", "Problem", "Splits", "analyse_case", "check_dataset",
-    "discover_dataset", "load_case_image", "load_case_label", "load_splits", "make_splits", "parse_labels",
-    "write_splits",
+    "Case", "CaseStats", "CheckReport", "Dataset", "Fold", "Problem", "Region", "Splits", "analyse_case",
+    "check_dataset", "discover_dataset", "load_case_image", "load_case_label", "load_regions_file", "load_splits",
+    "make_splits", "paint_regions", "parse_labels", "region_masks", "write_splits",
 ]

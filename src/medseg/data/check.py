@@ -304,7 +304,7 @@ def summarise(dataset: Dataset, stats: list[CaseStats]) -> dict[str, Any]:
         ],
         "labels": per_label,
         "split": {k: len(v) for k, v in dataset.split.items()} if dataset.split else None,
-    }
+    } | ({"regions": {r.name: list(r.values) for r in dataset.regions}} if dataset.regions else {})
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

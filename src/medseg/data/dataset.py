@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.regions import Region, is_region_labels, load_regions_file, parse_regions
 from medseg.errors import DatasetError, ImageReadError
 from medseg.io import CHANNEL_FILE, IMAGE_SUFFIXES, Image, image_stem, image_suffix, read_image
 
@@ -72,6 +73,7 @@ class Dataset:
     split: dict[str, list[str]] | None = None
     problems: list[Problem] = field(default_factory=list)
     name: str = ""
+    regions: list[Region] = field(default_factory=list)  # region-based classes (see medseg.data.regions); [] if none
 
     @property
     def case_ids(self) -> list[str]:
@@ -84,8 +86,13 @@ class Dataset:
         raise KeyError(case_id)
 
 
-def discover_dataset(root: str | Path, labels: dict[int, str] | None = None) -> Dataset:
-    """Find the layout and cases of the data set in ``root`` (``labels`` overrides dataset.json's names)."""
+def discover_dataset(root: str | Path, labels: dict[int, str] | None = None,
+                     regions_file: str | Path | None = None) -> Dataset:
+    """Find the layout and cases of the data set in ``root``.
+
+    ``labels`` overrides dataset.json's label names; ``regions_file`` (a JSON file with region ``labels`` and
+    ``regions_class_order``, see :mod:`medseg.data.regions`) makes the classes regions without editing the data set.
+    """
     root = Path(root)
     if not root.exists():
         raise DatasetError("does not exist", root, "check the path to the data set folder")
@@ -103,6 +110,10 @@ def discover_dataset(root: str | Path, labels: dict[int, str] | None = None) -> 
         )
     if labels:
         dataset.labels = dict(labels)
+    if regions_file is not None:
+        named, dataset.regions = load_regions_file(regions_file)
+        # values the regions file leaves unnamed keep dataset.json's names
+        dataset.labels = {v: dataset.labels.get(v, name) if name == f"label {v}" else name for v, name in named.items()}
     if not dataset.cases and not dataset.problems:
         raise DatasetError("holds no images", root, "add image files to images/ or imagesTr/")
     dataset.split = _read_split(root, dataset)
@@ -135,6 +146,18 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _labels_from_meta(meta: dict, path: Path) -> tuple[dict[int, str], list[Region]]:
+    """``dataset.json``'s labels: plain names, or nnU-Net v2 regions (a name mapped to a list of values)."""
+    if "labels" not in meta:
+        return {}, []
+    raw = meta["labels"]
+    if not isinstance(raw, dict):
+        raise DatasetError("'labels' is not an object", path, 'write "labels": {"0": "background", "1": "liver"}')
+    if is_region_labels(raw):
+        return parse_regions(raw, meta.get("regions_class_order"), path)
+    return _labels_from_json(raw, path), []
+
+
 def _labels_from_json(raw: dict, path: Path) -> dict[int, str]:
     """Accept MSD style ``{"0": "background"}`` and nnU-Net v2 style ``{"background": 0}``."""
     labels: dict[int, str] = {}
@@ -145,7 +168,7 @@ def _labels_from_json(raw: dict, path: Path) -> dict[int, str]:
             labels[value] = str(key)
         else:
             raise DatasetError(
-                f"label entry {key!r}: {value!r} is not understood (region labels are not supported)",
+                f"label entry {key!r}: {value!r} is not understood",
                 path,
                 'write labels as {"0": "background", "1": "liver"}',
             )
@@ -233,9 +256,9 @@ def _discover_2d_folder(root: Path) -> Dataset:
     if not (root / "masks").is_dir():
         problems.append(Problem(str(root / "masks"), "is missing", "put one label map per image in masks/"))
     cases = _pair_cases(images, _image_files(root / "masks"), root / "images", root / "masks", problems)
-    labels = _labels_from_json(meta["labels"], root / "dataset.json") if "labels" in meta else {}
+    labels, regions = _labels_from_meta(meta, root / "dataset.json")
     return Dataset(root, "2d-folder", cases, [], labels, _channel_names(meta), None, problems,
-                   meta.get("name", root.name))
+                   meta.get("name", root.name), regions)
 
 
 def _discover_decathlon(root: Path) -> Dataset:
@@ -250,7 +273,7 @@ def _discover_decathlon(root: Path) -> Dataset:
     cases = _pair_cases(images, _image_files(root / "labelsTr"), root / "imagesTr", root / "labelsTr", problems)
     test_groups = _group_channels(_image_files(root / "imagesTs"), root / "imagesTs", problems)
     test_images = [Case(cid, files) for cid, files in sorted(test_groups.items())]
-    labels = _labels_from_json(meta["labels"], meta_path) if "labels" in meta else {}
+    labels, regions = _labels_from_meta(meta, meta_path)
     if meta and "labels" not in meta:
         problems.append(Problem(str(meta_path), "has no 'labels'", 'add "labels": {"0": "background", ...}'))
     expected = meta.get("numTraining")
@@ -261,7 +284,7 @@ def _discover_decathlon(root: Path) -> Dataset:
         ))
     problems.extend(_check_training_list(meta, root, meta_path))
     return Dataset(root, "decathlon", cases, test_images, labels, _channel_names(meta), None, problems,
-                   meta.get("name", root.name))
+                   meta.get("name", root.name), regions)
 
 
 def _check_training_list(meta: dict, root: Path, meta_path: Path) -> list[Problem]:

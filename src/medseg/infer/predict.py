@@ -23,21 +23,20 @@ import numpy as np
 import torch
 
 from medseg import __version__
-from medseg.bundle import Bundle
-from medseg.data.dataset import CHANNEL_FILE, Case, discover_dataset, load_case_image
+from medseg.bundle import POSTPROCESS_FILE, Bundle
+from medseg.data.dataset import Case, discover_dataset, load_case_image
 from medseg.errors import MedsegError
+from medseg.infer.outputs import labels_from_probabilities, probabilities_from_logits
 from medseg.infer.restore import restore_labels, restore_maps
 from medseg.infer.sliding import predict_logits
-from medseg.io import IMAGE_SUFFIXES, Image, image_suffix, write_image
+from medseg.io import CHANNEL_FILE, IMAGE_SUFFIXES, Image, image_stem, image_suffix, write_image
 from medseg.io.atomic import write_text_atomic
+from medseg.io.dicom_seg import write_dicom_seg
 from medseg.io.nifti import NIFTI_SUFFIXES
-from medseg.io.raster import RASTER_SUFFIXES
-from medseg.plan.planner import runtime_precision
+from medseg.io.raster import LOSSY_SUFFIXES, RASTER_SUFFIXES
 from medseg.postprocess import PostprocessConfig, apply_postprocessing, apply_thresholds, load_postprocessing
 from medseg.preprocess import preprocess_image
-from medseg.runtime import keep_freed_memory
-
-LOSSY_SUFFIXES = (".jpg", ".jpeg")
+from medseg.runtime import keep_freed_memory, runtime_precision
 
 
 @dataclass
@@ -91,7 +90,7 @@ class Predictor:
         self.tta = tta_default(bundle) if self.options.tta is None else self.options.tta
         self.precision = runtime_precision(self.plan.precision)  # prediction runs on the CPU
         self.overlap = self.plan.sliding_window_overlap if self.options.overlap is None else self.options.overlap
-        path = bundle.folder / "postprocess.json"
+        path = bundle.folder / POSTPROCESS_FILE
         chosen = self.options.postprocess
         self.postprocess: PostprocessConfig | None = None
         if isinstance(chosen, PostprocessConfig):
@@ -125,9 +124,12 @@ class Predictor:
         start = time.perf_counter()
         self.check_input(image, source)
         data, _, props = preprocess_image(image, self.plan)
-        probabilities = torch.softmax(self.logits(torch.from_numpy(data)), dim=0)
-        thresholds = self.postprocess.thresholds if self.postprocess else {}
-        decide: Callable[[torch.Tensor], torch.Tensor] | None = None
+        probabilities = probabilities_from_logits(self.logits(torch.from_numpy(data)), self.plan)
+        thresholds = self.postprocess.thresholds if self.postprocess and not self.plan.regions else {}
+
+        def decide(p: torch.Tensor) -> torch.Tensor:
+            return labels_from_probabilities(p, self.plan)
+
         if thresholds:
             def decide(p: torch.Tensor) -> torch.Tensor:
                 return torch.from_numpy(apply_thresholds(p.numpy(), thresholds))
@@ -136,17 +138,26 @@ class Predictor:
             labels = apply_postprocessing(labels, _without_thresholds(self.postprocess), props.original_spacing)
         result = Prediction(labels=_label_image(image, labels))
         if self.options.probabilities:
-            fill = [1.0] + [0.0] * (probabilities.shape[0] - 1)
+            fill = [0.0] * probabilities.shape[0] if self.plan.regions else [1.0] + [0.0] * (probabilities.shape[0] - 1)
             result.probabilities = _float_image(image, restore_maps(probabilities, props.crop_bbox,
                                                                      props.original_shape, fill))
         if self.options.uncertainty:
-            entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-8))).sum(0, keepdim=True)
-            entropy /= math.log(max(probabilities.shape[0], 2))
+            entropy = normalised_entropy(probabilities, regions=bool(self.plan.regions))
             result.uncertainty = _float_image(image, restore_maps(entropy, props.crop_bbox, props.original_shape,
                                                                   [0.0]))
         result.volumes = label_volumes(labels, props.original_spacing, self.plan.labels)
         result.seconds = time.perf_counter() - start
         return result
+
+
+def normalised_entropy(probabilities: torch.Tensor, regions: bool = False) -> torch.Tensor:
+    """Predictive entropy in [0, 1], ``(1, *spatial)``: of the softmax over the labels, or for region (sigmoid)
+    outputs the mean binary entropy of the regions."""
+    p = probabilities.clamp(1e-8, 1 - 1e-8)
+    if regions:
+        return (-(p * torch.log(p) + (1 - p) * torch.log(1 - p)) / math.log(2)).mean(0, keepdim=True)
+    entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-8))).sum(0, keepdim=True)
+    return entropy / math.log(max(probabilities.shape[0], 2))
 
 
 def _without_thresholds(config: PostprocessConfig) -> PostprocessConfig:
@@ -198,7 +209,7 @@ def collect_inputs(paths: Iterable[str | Path], test_list: bool = False) -> list
         if not path.exists():
             raise MedsegError("does not exist", path, "check the input path")
         if path.is_file():
-            inputs.append(PredictInput(_case_id(path), [path]))
+            inputs.append(PredictInput(image_stem(path), [path]))
         elif test_list or (path / "split.json").exists() and any((path / d).is_dir() for d in ("imagesTr", "images")):
             inputs.extend(_test_list(path))
         elif _is_dicom_folder(path):
@@ -209,11 +220,6 @@ def collect_inputs(paths: Iterable[str | Path], test_list: bool = False) -> list
         raise MedsegError("holds no images to predict", ", ".join(str(p) for p in paths),
                           f"give image files ({', '.join(IMAGE_SUFFIXES)}), folders of them or DICOM series")
     return inputs
-
-
-def _case_id(path: Path) -> str:
-    suffix = image_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.name
 
 
 def _is_dicom_folder(path: Path) -> bool:
@@ -230,7 +236,7 @@ def _folder_inputs(folder: Path) -> list[PredictInput]:
             if _is_dicom_folder(path):
                 groups[path.name] = [path]
             continue
-        case_id = _case_id(path)
+        case_id = image_stem(path)
         match = CHANNEL_FILE.match(case_id)
         groups.setdefault(match["case"] if match else case_id, []).append(path)
     return [PredictInput(case_id, sorted(files)) for case_id, files in groups.items()]
@@ -327,8 +333,6 @@ def write_prediction(result: Prediction, item: PredictInput, out_dir: Path, fmt:
         if not (source.is_dir() or image_suffix(source) == ".zip"):
             raise MedsegError("is not a DICOM series folder or .zip: a DICOM SEG must reference one", source,
                               "use --format same (or nii.gz) for other inputs")
-        from medseg.export.dicom_seg import write_dicom_seg
-
         values = names or {int(v): f"label {v}" for v in np.unique(result.labels.array) if v != 0} or {1: "label 1"}
         path = write_dicom_seg(result.labels.array, source, output_path(item, out_dir, fmt), values,
                                sop_instance_uids=result.labels.meta.get("sop_instance_uids"),

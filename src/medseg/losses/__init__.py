@@ -23,6 +23,9 @@ The loss is always computed in float32 with autocast switched off, so it is safe
 ``focal``    softmax focal loss, gamma 2, all classes (``monai.losses.FocalLoss``).
 ``tversky``  Tversky, alpha 0.3 (false positives) / beta 0.7 (false negatives), foreground classes, batch
              sums (``monai.losses.TverskyLoss``).
+``dice_bce`` regions (``build_loss(..., regions=...)``): one sigmoid output per region, binary cross-entropy +
+             soft Dice over every region, batch Dice, as nnU-Net v2 trains regions. The target stays a label map;
+             its region masks are made per head after the nearest-neighbour downsampling (they commute).
 =========  =================================================================================================
 """
 
@@ -37,9 +40,10 @@ from torch import Tensor, nn
 
 from medseg.errors import MedsegError
 
-__all__ = ["LOSS_NAMES", "SegmentationLoss", "build_loss", "deep_supervision_weights", "downsample_labels"]
+__all__ = ["LOSS_NAMES", "SegmentationLoss", "build_loss", "deep_supervision_weights", "downsample_labels",
+           "region_dice_bce", "region_targets"]
 
-LOSS_NAMES: tuple[str, ...] = ("dice_ce", "ce", "dice", "focal", "tversky")
+LOSS_NAMES: tuple[str, ...] = ("dice_ce", "ce", "dice", "focal", "tversky", "dice_bce")
 
 # Own CE / Dice instead of monai.losses.DiceCELoss: nnU-Net's exact formulation (batch Dice, smooth 1e-5), a
 # bool one-hot (1 byte per voxel and class, no float copy) and one label format for both terms.
@@ -73,6 +77,26 @@ def _dice_ce(logits: Tensor, target: Tensor) -> Tensor:
     return _ce(logits, target) + _soft_dice(logits, target)
 
 
+def region_targets(target: Tensor, regions: Sequence[Sequence[int]]) -> Tensor:
+    """Float ``(B, R, *spatial)`` region masks of a ``(B, 1, *spatial)`` label map."""
+    return torch.cat([torch.isin(target, torch.as_tensor(values, device=target.device)) for values in regions],
+                     dim=1).float()
+
+
+def region_dice_bce(regions: Sequence[Sequence[int]]) -> Callable[[Tensor, Tensor], Tensor]:
+    """Binary cross-entropy + ``1 - mean`` soft Dice over the regions (batch Dice), on sigmoid outputs."""
+    regions = [tuple(int(v) for v in values) for values in regions]
+
+    def loss(logits: Tensor, target: Tensor) -> Tensor:
+        masks = region_targets(target, regions)
+        probs = torch.sigmoid(logits)
+        axes = (0, *range(2, logits.ndim))
+        dice = (2 * (probs * masks).sum(axes) + _SMOOTH) / (probs.sum(axes) + masks.sum(axes) + _SMOOTH)
+        return F.binary_cross_entropy_with_logits(logits, masks) + 1 - dice.mean()
+
+    return loss
+
+
 def _base_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     if name == "dice_ce":
         return _dice_ce
@@ -91,6 +115,8 @@ def _base_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
         return TverskyLoss(
             include_background=False, to_onehot_y=True, softmax=True, alpha=0.3, beta=0.7, batch=True
         )
+    if name == "dice_bce":
+        raise MedsegError("loss 'dice_bce' trains regions", fix="build it with regions=..., from a region plan")
     raise MedsegError(f"unknown loss {name!r}", fix=f"use one of: {', '.join(LOSS_NAMES)}")
 
 
@@ -182,14 +208,24 @@ def build_loss(
     *,
     num_classes: int,
     deep_supervision_weights: Sequence[float] | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> Callable[[Tensor | list[Tensor], Tensor], Tensor]:
     """Loss ``name`` (one of :data:`LOSS_NAMES`) for ``num_classes`` classes (background included, >= 2).
+
+    ``regions`` (the label values of each region): the ``dice_bce`` region loss, with ``num_classes`` = the number
+    of regions (the network's outputs).
 
     ``deep_supervision_weights``: one weight per deep-supervision output, full resolution first (normalised to
     sum 1); default 1, 1/2, 1/4, ... normalised. Returns an ``nn.Module``: ``loss(prediction, target)``.
     """
-    base = _base_loss(name)
-    if int(num_classes) < 2:
+    if regions:
+        if name != "dice_bce" or int(num_classes) != len(regions):
+            raise MedsegError(f"{len(regions)} regions need the dice_bce loss with {len(regions)} outputs, got "
+                              f"{name!r} with {num_classes}", fix="train regions from a region plan")
+        base = region_dice_bce(regions)
+    else:
+        base = _base_loss(name)
+    if int(num_classes) < 2 and not regions:
         raise MedsegError(f"num_classes must be >= 2 (background plus at least one class), got {num_classes}")
     weights = None
     if deep_supervision_weights is not None:

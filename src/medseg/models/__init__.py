@@ -107,5 +107,5 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 def build_network(plan: Plan) -> nn.Module:
     """The network a plan describes (randomly initialised)."""
-    return build_model(plan.model, spatial_dims=plan.dim, in_channels=plan.channels, num_classes=plan.num_classes,
+    return build_model(plan.model, spatial_dims=plan.dim, in_channels=plan.channels, num_classes=plan.num_outputs,
                        features=plan.features, strides=plan.strides, deep_supervision=plan.deep_supervision)

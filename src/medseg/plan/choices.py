@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args
 from medseg.errors import MedsegError
 
 ModelName = Literal["unet", "resunet", "fcn", "resnet_unet"]
-LossName = Literal["dice_ce", "ce", "dice", "focal", "tversky"]
+LossName = Literal["dice_ce", "ce", "dice", "focal", "tversky", "dice_bce"]  # dice_bce: region plans only
 OptimizerName = Literal["sgd", "adamw"]
 Precision = Literal["fp32", "bf16"]  # "bf16": autocast where the hardware computes bf16 natively
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from medseg.data.check import CheckReport
+from medseg.data.regions import Region
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Fingerprint:
     class_depth_mm_median: dict[int, float] = field(default_factory=dict)
     # per label, median over cases of its centre of mass per axis (fraction of the extent, array order)
     class_centroid_median: dict[int, list[float]] = field(default_factory=dict)
+    regions: list[Region] = field(default_factory=list)  # region-based classes of the data set, if any
 
     @property
     def median_spacing(self) -> list[float]:
@@ -56,6 +58,7 @@ class Fingerprint:
         data["class_voxels_median"] = {str(k): v for k, v in self.class_voxels_median.items()}
         data["class_depth_mm_median"] = {str(k): v for k, v in self.class_depth_mm_median.items()}
         data["class_centroid_median"] = {str(k): v for k, v in self.class_centroid_median.items()}
+        data["regions"] = [r.to_dict() for r in self.regions]
         return data
 
     @classmethod
@@ -67,6 +70,7 @@ class Fingerprint:
         data["class_depth_mm_median"] = {int(k): v for k, v in data.get("class_depth_mm_median", {}).items()}
         data["class_centroid_median"] = {int(k): v for k, v in data.get("class_centroid_median", {}).items()}
         data["intensities"] = [ChannelIntensity(**c) for c in data["intensities"]]
+        data["regions"] = [Region.from_dict(r) for r in data.get("regions", [])]
         return cls(**data)
 
 
@@ -110,4 +114,5 @@ def fingerprint_from_report(report: CheckReport) -> Fingerprint:
         class_voxels_median=class_voxels,
         class_depth_mm_median=depth,
         class_centroid_median=centroid,
+        regions=list(report.dataset.regions),
     )

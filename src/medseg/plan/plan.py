@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg import __version__
+from medseg.data.regions import Region
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.plan.augment_config import AugmentConfig
@@ -77,6 +78,8 @@ class Plan:
     median_shape: list[float] = field(default_factory=list)  # after resampling, array order
     device_kind: str = "cpu"
     notes: list[str] = field(default_factory=list)
+    # region-based classes (medseg.data.regions): one sigmoid output each, trained with dice_bce; [] for softmax
+    regions: list[Region] = field(default_factory=list)
     version: int = PLAN_VERSION
     medseg_version: str = __version__
 
@@ -86,6 +89,10 @@ class Plan:
             check_choice(name, getattr(self, name), choices)
         if isinstance(self.augment, dict):  # plan.json's form (an old plan may hold {}: every default)
             self.augment = AugmentConfig.from_dict(self.augment)
+        self.regions = [Region.from_dict(r) if isinstance(r, dict) else r for r in self.regions]
+        if bool(self.regions) != (self.loss == "dice_bce"):
+            raise MedsegError(f"plan field 'loss' is {self.loss!r} for a plan with {len(self.regions)} regions",
+                              fix="regions train with dice_bce (one sigmoid output a region), labels with the others")
 
     @property
     def num_classes(self) -> int:
@@ -94,6 +101,25 @@ class Plan:
     @property
     def foreground_labels(self) -> list[int]:
         return [v for v in sorted(self.labels) if v != 0]
+
+    @property
+    def num_outputs(self) -> int:
+        """Network output channels: one a region (sigmoid), else one a label value, background included."""
+        return len(self.regions) if self.regions else self.num_classes
+
+    @property
+    def scored_classes(self) -> dict[int, str]:
+        """What validation and the model card score, by key: regions ``1..R`` or the foreground label values."""
+        if self.regions:
+            return {i + 1: r.name for i, r in enumerate(self.regions)}
+        return {v: self.labels[v] for v in self.foreground_labels}
+
+    @property
+    def class_members(self) -> dict[int, tuple[int, ...]]:
+        """The label values each scored class is made of (one value each without regions)."""
+        if self.regions:
+            return {i + 1: r.values for i, r in enumerate(self.regions)}
+        return {v: (v,) for v in self.foreground_labels}
 
     @property
     def mirror_axes(self) -> tuple[int, ...]:
@@ -106,6 +132,7 @@ class Plan:
         data["channel_names"] = {str(k): v for k, v in self.channel_names.items()}
         data["labels"] = {str(k): v for k, v in self.labels.items()}
         data["augment"] = self.augment.to_dict()
+        data["regions"] = [r.to_dict() for r in self.regions]
         return data
 
     @classmethod

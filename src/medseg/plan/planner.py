@@ -131,6 +131,17 @@ def coarsened_spacing(fp: Fingerprint, spacing: list[float], machine: Machine) -
     return [float(round(max(s, finest * factor), 6)) for s in spacing], factor
 
 
+def coarsening_note(factor: float, patch: list[int], median_shape: np.ndarray) -> str:
+    """What the coarser grid buys, stated only as far as it is true: whether a patch covers the median image."""
+    note = (f"trained {factor:.2f}x coarser than the median spacing; the thinnest label stays at least "
+            f"{MIN_DEPTH_VOXELS:g} voxels deep")
+    covered = np.minimum(np.asarray(patch, dtype=float) / np.maximum(median_shape, 1.0), 1.0)
+    if np.all(covered >= 0.999):
+        return note + ", and a patch covers the whole median image"
+    share = ", ".join(f"{100 * c:.0f}%" for c in covered)
+    return note + f"; a patch covers {share} of the median image along each axis (array order)"
+
+
 def mirror_axes(fp: Fingerprint, dim: int) -> tuple[int, ...]:
     """Axes safe to mirror in augmentation and test-time augmentation.
 
@@ -240,11 +251,10 @@ def make_plan(
     spacing = target_spacing(fp)
     notes = []
     spacing, coarsen = coarsened_spacing(fp, spacing, machine)
-    if coarsen > 1.0:
-        notes.append(f"trained {coarsen:.2f}x coarser than the median spacing: the thinnest label stays at least "
-                     f"{MIN_DEPTH_VOXELS:g} voxels deep and a patch sees the whole median image on this CPU")
     median_shape = (np.median(np.asarray(fp.shapes) * np.asarray(fp.spacings), axis=0) / np.asarray(spacing))
     patch, strides = patch_size(median_shape.tolist(), spacing, budget)
+    if coarsen > 1.0:
+        notes.append(coarsening_note(coarsen, patch, median_shape))
     features = [min(budget.base_features * 2**i, budget.max_features) for i in range(len(strides) + 1)]
     batch = int(np.clip(round(budget.batch_voxels / np.prod(patch)), 2, 32))
     batch = max(2, min(batch, max(2, int(0.05 * fp.num_cases * np.prod(median_shape) / np.prod(patch)) or 2)))
@@ -267,6 +277,12 @@ def make_plan(
     if len(mirrored) < dim:
         notes.append(f"not mirrored along axes {sorted(set(range(dim)) - set(mirrored))} (array order): labels there "
                      "are told apart by side")
+    if fp.regions:
+        if loss not in ("dice_ce", "dice_bce"):
+            raise MedsegError(f"loss {loss!r} cannot train regions", fix="regions train with dice_bce (the default)")
+        loss = "dice_bce"
+        notes.append(f"{len(fp.regions)} regions ({', '.join(r.name for r in fp.regions)}): one sigmoid output each, "
+                     "trained with Dice + binary cross-entropy, painted back to labels in regions_class_order")
     return Plan(
         dataset_name=fp.dataset_name,
         dim=dim,
@@ -290,5 +306,6 @@ def make_plan(
         median_shape=[round(float(s), 2) for s in median_shape],
         device_kind=machine.kind,
         notes=notes,
+        regions=list(fp.regions),
     )
 

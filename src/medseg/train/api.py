@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -14,17 +15,25 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from medseg.bundle import write_bundle_fold, write_model_card
-from medseg.data import CheckReport, check_dataset, discover_dataset, load_splits, make_splits, write_splits
+from medseg.bundle import (
+    METRICS_FILE,
+    POSTPROCESS_FILE,
+    RUN_FINGERPRINT_FILE,
+    write_bundle_fold,
+    write_drift_reference,
+    write_model_card,
+)
+from medseg.data import CheckReport, Splits, check_dataset, discover_dataset, load_splits, make_splits, write_splits
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
-from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
-from medseg.postprocess import POSTPROCESS_FILE, save_postprocessing
+from medseg.plan import LossName, Machine, ModelName, OptimizerName, Plan, fingerprint_from_report, make_plan
+from medseg.postprocess import save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
 from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, evaluate_fold, measure_tta
 from medseg.train.hooks import CurveHook, LogHook, ProgressHook
 from medseg.train.loop import TrainConfig, Trainer, is_main_process
 
+log = logging.getLogger("medseg.train")
 
 @dataclass
 class TrainRequest:
@@ -33,30 +42,32 @@ class TrainRequest:
     dim: int | None = None
     fold: str = "0"  # "K" or "all" (every fold in turn) or "none" (all training cases, no validation)
     folds: int = 5
-    model: str = "unet"
-    loss: str = "dice_ce"
-    optimizer: str | None = None  # None: the plan's choice (AdamW on CPU, SGD on GPU)
+    model: ModelName = "unet"
+    loss: LossName = "dice_ce"
+    optimizer: OptimizerName | None = None  # None: the plan's choice (AdamW on CPU, SGD on GPU)
     plan_path: Path | None = None
     cache_root: Path | None = None
     workers: int | None = None
     check: CheckReport | None = None  # `medseg check` already run on `data` (the demo): reused, not read again
     progress_bar: bool = True
+    regions_file: Path | None = None  # region labels for a data set that declares none (see medseg.data.regions)
 
 
 def default_cache_root() -> Path:
     return Path.home() / ".cache" / "medseg" / "preprocessed"
 
 
-def prepare_run(request: TrainRequest) -> tuple[Plan, dict[str, Any], Path, dict[str, Any]]:
+def prepare_run(request: TrainRequest) -> tuple[Plan, Splits, Path, dict[str, Any]]:
     """Check the data, plan and preprocess it (rank 0 only under DDP); returns plan, splits, cache and summary."""
     run = request.run_dir
     run.mkdir(parents=True, exist_ok=True)
-    report = request.check or check_dataset(discover_dataset(request.data), workers=request.workers)
+    report = request.check or check_dataset(discover_dataset(request.data, regions_file=request.regions_file),
+                                                workers=request.workers)
     dataset = report.dataset
     write_text_atomic(run / "check.json", json.dumps(report.to_dict(), indent=1))
     report.raise_if_failed()
     fingerprint = fingerprint_from_report(report)
-    write_text_atomic(run / "fingerprint.json", json.dumps(fingerprint.to_dict()))
+    write_text_atomic(run / RUN_FINGERPRINT_FILE, json.dumps(fingerprint.to_dict()))
     if request.plan_path:
         plan = Plan.load(request.plan_path)
     else:
@@ -65,6 +76,8 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, dict[str, Any], Path, dict
     plan.save(run / "plan.json")
     splits_path = run / "splits.json"
     splits = make_splits(dataset, folds=request.folds, seed=0)
+    for note in splits.notes:
+        log.warning(note)
     write_splits(splits, splits_path)
     cache = prepare_cache(dataset, plan, request.cache_root or default_cache_root(), workers=request.workers,
                           source_root=dataset.root)
@@ -76,7 +89,7 @@ def _init_distributed() -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=60))
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
 
@@ -95,13 +108,13 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
         if not is_main_process():
             prepared = _reload_run(request, Path(payload[0]))
     plan, splits, cache, summary = prepared
-    folds = _fold_names(request.fold, splits)
+    folds = splits.fold_names(request.fold)
     bundle = run / "bundle"
     pooled: list[tuple[str, Any]] = []  # final validation predictions of every fold, for post-processing
     held_out: dict[str, Any] = {}
     tta: dict[str, dict[str, Any]] = {}
     for fold in folds:
-        train_ids, val_ids = _fold_cases(fold, splits)
+        train_ids, val_ids = splits.cases(fold)
         train_cases = [load_cached(cache, cid) for cid in train_ids]
         val_cases = [load_cached(cache, cid) for cid in val_ids]
         folder = run / f"fold_{fold}"
@@ -121,19 +134,23 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     if is_main_process():
         if pooled:
             save_postprocessing(choose_for_folds(plan, pooled, held_out), bundle / POSTPROCESS_FILE)
-        all_metrics = json.loads((bundle / "metrics.json").read_text())
+        all_metrics = json.loads((bundle / METRICS_FILE).read_text())
         if tta:
-            gains = [t["dice_tta"] - t["dice_plain"] for t in tta.values()]
-            all_metrics["inference"] = {"tta": bool(np.nanmean(gains) > TTA_MIN_GAIN), "tta_check": tta}
-            write_text_atomic(bundle / "metrics.json", json.dumps(all_metrics, indent=1) + "\n")
+            # a fold whose plan mirrors no axis (labels told apart by side) measured no TTA: it counts as no gain
+            gains = [t["dice_tta"] - t["dice_plain"] for t in tta.values() if "dice_tta" in t]
+            use_tta = bool(gains) and bool(np.nanmean(gains) > TTA_MIN_GAIN)
+            all_metrics["inference"] = {"tta": use_tta, "tta_check": tta}
+            write_text_atomic(bundle / METRICS_FILE, json.dumps(all_metrics, indent=1) + "\n")
         write_model_card(bundle, plan, summary, all_metrics, " ".join(["medseg", *sys.argv[1:]]))
+        if (run / RUN_FINGERPRINT_FILE).exists():  # the bundle carries what drift checks need (self-contained)
+            write_drift_reference(bundle, json.loads((run / RUN_FINGERPRINT_FILE).read_text()))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return bundle
 
 
-def _reload_run(request: TrainRequest, cache: Path | None = None) -> tuple[Plan, dict[str, Any], Path, dict]:
+def _reload_run(request: TrainRequest, cache: Path | None = None) -> tuple[Plan, Splits, Path, dict]:
     run = request.run_dir
     if not (run / "plan.json").exists():
         raise MedsegError("has no plan.json to resume", run, "start without --resume")
@@ -146,20 +163,3 @@ def _reload_run(request: TrainRequest, cache: Path | None = None) -> tuple[Plan,
         cache = cache_dir_for(plan, request.cache_root or default_cache_root(), Path(request.data))
     return plan, splits, cache, summary
 
-
-def _fold_names(fold: str, splits: dict[str, Any]) -> list[str]:
-    if fold == "all":
-        return [str(k) for k in range(len(splits["splits"]))]
-    if fold == "none":
-        return ["none"]
-    if not fold.isdigit() or int(fold) >= len(splits["splits"]):
-        raise MedsegError(f"fold {fold!r} does not exist", fix=f"use 0..{len(splits['splits']) - 1}, all or none")
-    return [fold]
-
-
-def _fold_cases(fold: str, splits: dict[str, Any]) -> tuple[list[str], list[str]]:
-    if fold == "none":
-        first = splits["splits"][0]
-        return sorted(first["train"] + first["val"]), []
-    entry = splits["splits"][int(fold)]
-    return entry["train"], entry["val"]

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.evaluate import EvaluationResult, dice_per_class, evaluate_case, write_evaluation
+from medseg.evaluate import DICE_EMPTY, EvaluationResult, dice_per_class, evaluate_case, write_evaluation
+from medseg.infer.outputs import labels_from_logits
 from medseg.infer.sliding import predict_logits
 from medseg.plan import Plan
 from medseg.postprocess import PostprocessConfig, choose_postprocessing
@@ -29,7 +30,7 @@ def _mean_dice(predictions: list[torch.Tensor], cases: list[CachedCase], plan: P
     scores = []
     for prediction, case in zip(predictions, cases):
         per_class = dice_per_class(prediction, torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
-                                   plan.foreground_labels)
+                                   plan.class_members, empty=DICE_EMPTY)
         scores.append(np.nanmean(list(per_class.values())) if per_class else np.nan)
     return float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan")
 
@@ -37,14 +38,15 @@ def _mean_dice(predictions: list[torch.Tensor], cases: list[CachedCase], plan: P
 def measure_tta(model: nn.Module, plan: Plan, cases: list[CachedCase], precision: str) -> dict[str, Any]:
     """Dice and seconds a case with and without mirror TTA on up to ``TTA_CASES`` validation cases."""
     cases = cases[:TTA_CASES]
-    result: dict[str, Any] = {"cases": len(cases)}
+    result: dict[str, Any] = {"cases": len(cases), "dice_empty": DICE_EMPTY}
     if not plan.mirror_axes:  # nothing may be mirrored (labels told apart by side): no TTA to measure
         return result | {"tta": False}
     for name, axes in (("plain", ()), ("tta", plan.mirror_axes)):
         start = time.perf_counter()
         predictions = [predict_logits(model, torch.from_numpy(np.array(c.data)), plan.patch_size,
                                       overlap=plan.sliding_window_overlap, mirror_axes=axes,
-                                      precision=precision).argmax(0) for c in cases]
+                                      precision=precision) for c in cases]
+        predictions = [labels_from_logits(logits, plan) for logits in predictions]
         result[f"dice_{name}"] = round(_mean_dice(predictions, cases, plan), 4)
         result[f"seconds_{name}"] = round((time.perf_counter() - start) / max(len(cases), 1), 3)
     result["tta"] = bool(result["dice_tta"] > result["dice_plain"] + TTA_MIN_GAIN)
@@ -53,8 +55,13 @@ def measure_tta(model: nn.Module, plan: Plan, cases: list[CachedCase], precision
 
 def choose_for_folds(plan: Plan, predictions: list[tuple[str, np.ndarray]],
                      cases: dict[str, CachedCase]) -> PostprocessConfig:
-    """Post-processing chosen on the pooled final-validation predictions of every fold trained."""
-    pairs = [(pred, np.asarray(cases[cid].seg), plan.target_spacing) for cid, pred in predictions if cid in cases]
+    """Post-processing chosen on the pooled final-validation predictions of every fold trained.
+
+    Not for region plans: its steps act on label values, which overlapping regions are not; they get none.
+    """
+    if plan.regions:
+        return PostprocessConfig(dice_empty=DICE_EMPTY)
+    pairs = [(pred, np.asarray(cases[cid].seg)) for cid, pred in predictions if cid in cases]
     return choose_postprocessing(pairs, plan.labels)
 
 
@@ -65,13 +72,14 @@ def evaluate_fold(plan: Plan, predictions: list[tuple[str, np.ndarray]], cases: 
     Writes ``metrics.csv`` and ``summary.json`` to ``out_dir`` and returns the summary. On the network grid the
     spacing is the plan's target spacing; ``medseg evaluate`` on predicted files scores the original grid.
     """
-    labels = {int(v): name for v, name in plan.labels.items()}
+    classes = plan.scored_classes
+    members = plan.class_members if plan.regions else None
     rows = []
     for case_id, prediction in predictions:
         source = f"fold validation, {case_id} (network grid)"
         prefix = {"case": case_id, "prediction": source, "reference": source}
         rows += [prefix | row for row in evaluate_case(prediction, np.asarray(cases[case_id].seg),
-                                                          plan.target_spacing, labels)]
-    result = EvaluationResult(rows, {v: n for v, n in labels.items() if v != 0}, plan.dim)
+                                                          plan.target_spacing, classes, members=members)]
+    result = EvaluationResult(rows, classes, plan.dim)
     write_evaluation(result, out_dir)
     return result.summary()

@@ -20,16 +20,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from medseg.augment import AugmentConfig, BatchAugmenter
+from medseg.augment import BatchAugmenter
 from medseg.errors import MedsegError
-from medseg.evaluate import dice_per_class
-from medseg.infer.sliding import autocast_context, predict_logits
+from medseg.evaluate import DICE_EMPTY, dice_per_class
+from medseg.infer.outputs import labels_from_logits
+from medseg.infer.sliding import predict_logits
 from medseg.losses import build_loss
 from medseg.models import build_network
 from medseg.plan import Plan
-from medseg.plan.planner import runtime_precision
 from medseg.preprocess import CachedCase
-from medseg.runtime import keep_freed_memory
+from medseg.runtime import autocast_context, keep_freed_memory, runtime_precision
 from medseg.train.checkpoint import load_state, load_weights, save_state, save_weights
 from medseg.train.hooks import Hook
 from medseg.train.sampler import PatchSampler
@@ -69,10 +69,6 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def augment_config(plan: Plan) -> AugmentConfig:
-    return AugmentConfig.from_dict(plan.augment)
-
-
 def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -90,7 +86,7 @@ class Trainer:
         torch.manual_seed(config.seed + rank)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
             else torch.device("cpu")
         self.precision = runtime_precision(plan.precision, self.device.type)
         # Contiguous (NCDHW) layout: channels_last_3d measured 10-35% slower for these widths on this CPU.
@@ -99,10 +95,11 @@ class Trainer:
         if dist.is_initialized():
             self.network = nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = self._optimizer()
-        self.loss = build_loss(plan.loss, num_classes=plan.num_classes)
+        self.loss = build_loss(plan.loss, num_classes=plan.num_outputs,
+                               regions=[r.values for r in plan.regions] or None)
         self.sampler = PatchSampler(train_cases, plan.patch_size, plan.batch_size, plan.foreground_oversample,
                                     seed=config.seed * 1000 + rank)
-        self.augmenter = BatchAugmenter(augment_config(plan), plan.dim, seed=config.seed * 1000 + rank)
+        self.augmenter = BatchAugmenter(plan.augment, plan.dim, seed=config.seed * 1000 + rank)
         self.state = TrainState()
         self.final_predictions: list[tuple[str, np.ndarray]] = []  # (case id, labels) from the final validation
         self.steps_per_epoch = config.steps_per_epoch or \
@@ -118,13 +115,12 @@ class Trainer:
     # ---- set-up -----------------------------------------------------------------------------------------
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """SGD or AdamW: ``Plan`` has checked that the name is one of its ``OptimizerName`` choices."""
         params = self.model.parameters()
         if self.plan.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.plan.learning_rate, momentum=0.99, nesterov=True,
                                    weight_decay=self.plan.weight_decay)
-        if self.plan.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=self.plan.learning_rate, weight_decay=self.plan.weight_decay)
-        raise MedsegError(f"unknown optimizer {self.plan.optimizer!r}", fix="use sgd or adamw")
+        return torch.optim.AdamW(params, lr=self.plan.learning_rate, weight_decay=self.plan.weight_decay)
 
     def validation_count(self) -> int:
         """Intermediate validations: as asked, else 10 for --epochs and one per 2.5 minutes of a budget (max 10).
@@ -181,24 +177,24 @@ class Trainer:
     def validate(self, final: bool = False) -> dict[str, Any]:
         cases = self.val_cases if final else self.val_cases[: self.config.max_val_cases]
         start = time.perf_counter()
-        per_class: dict[int, list[float]] = {v: [] for v in self.plan.foreground_labels}
+        per_class: dict[int, list[float]] = {v: [] for v in self.plan.class_members}
         if final:
             self.final_predictions = []
         for case in cases:
             logits = predict_logits(self.model, torch.from_numpy(np.array(case.data)), self.plan.patch_size,
                                     overlap=self.plan.sliding_window_overlap, precision=self.precision)
-            prediction = logits.argmax(0)
+            prediction = labels_from_logits(logits, self.plan)
             if final:  # kept (int8, network grid) for post-processing choice and evaluation after training
                 self.final_predictions.append((case.case_id, prediction.numpy().astype(np.int8)))
             scores = dice_per_class(prediction, torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
-                                    self.plan.foreground_labels)
+                                    self.plan.class_members, empty=DICE_EMPTY)
             for value, score in scores.items():
                 per_class[value].append(score)
         means = {str(v): float(np.nanmean(s)) if np.isfinite(s).any() else float("nan")
                  for v, s in per_class.items()}
         record = {
             "step": self.state.step, "elapsed_s": round(self.elapsed(), 2), "final": final, "cases": len(cases),
-            "val_dice": means, "val_dice_mean": float(np.nanmean(list(means.values()))),
+            "val_dice": means, "val_dice_mean": float(np.nanmean(list(means.values()))), "dice_empty": DICE_EMPTY,
             "seconds": round(time.perf_counter() - start, 2),
         }
         self._reserve_s = max(self._reserve_s, 1.3 * record["seconds"] * (len(self.val_cases) / max(len(cases), 1)))

@@ -1,0 +1,40 @@
+"""From network outputs to probabilities and label maps, for softmax (labels) and sigmoid (region) plans alike.
+
+A label plan has one softmax channel per label value and its label map is the argmax. A region plan
+(:mod:`medseg.data.regions`) has one sigmoid channel per region; its label map paints each region whose probability
+exceeds 0.5, in ``regions_class_order``, as nnU-Net v2 does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from medseg.plan import Plan
+
+REGION_THRESHOLD = 0.5
+
+
+def probabilities_from_logits(logits: Tensor, plan: Plan) -> Tensor:
+    """``(C, *spatial)`` logits -> probabilities: sigmoid per region, or softmax over the labels."""
+    return torch.sigmoid(logits) if plan.regions else torch.softmax(logits, dim=0)
+
+
+def labels_from_probabilities(probabilities: Tensor, plan: Plan) -> Tensor:
+    """``(C, *spatial)`` probabilities -> an integer label map ``(*spatial)``."""
+    if not plan.regions:
+        return probabilities.argmax(0)
+    labels = torch.zeros(probabilities.shape[1:], dtype=torch.int64)
+    for channel, region in zip(probabilities, plan.regions):
+        labels[channel > REGION_THRESHOLD] = region.paint
+    return labels
+
+
+def labels_from_logits(logits: Tensor, plan: Plan) -> Tensor:
+    """``(C, *spatial)`` logits -> label map; for regions, logit > 0 is probability > 0.5 (no sigmoid needed)."""
+    if not plan.regions:
+        return logits.argmax(0)
+    labels = torch.zeros(logits.shape[1:], dtype=torch.int64)
+    for channel, region in zip(logits, plan.regions):
+        labels[channel > 0] = region.paint
+    return labels
