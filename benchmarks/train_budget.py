@@ -1,7 +1,8 @@
 """Time-to-Dice: train on a data set's split.json train list within a budget, score its test list.
 
 Usage: python benchmarks/train_budget.py --dataset msd_hippocampus --budget 15m [--keep DIR]
-       (msd_hippocampus, jsrt_scr or drive; DRIVE is scored inside its FOV masks)
+       (msd_hippocampus, jsrt_scr, drive, ircadb_ct or brats_2ch; DRIVE is scored inside its FOV masks)
+       --regions FILE trains and scores regions (e.g. ../examples/brats_regions.json for brats_2ch)
 Ablations: --epochs N trains a fixed number of steps instead of a budget (N epochs of at most 50 steps), so that
 runs compare on a machine whose speed varies; --set KEY=JSON changes a field of the plan medseg makes (dotted
 for nested fields), e.g. --set 'augment.mirror_axes=[0,1,2]'; --seed N repeats a run with other random weights,
@@ -50,9 +51,9 @@ def link_view(root: Path, cases: list, out: Path, layout: str, with_labels: bool
     return out
 
 
-def plan_with_changes(view: Path, changes: list[str], out: Path) -> Path:
+def plan_with_changes(view: Path, changes: list[str], out: Path, regions: Path | None = None) -> Path:
     """medseg's own plan for ``view`` with ``KEY=JSON`` changes (dotted keys reach into nested fields)."""
-    fingerprint = fingerprint_from_report(check_dataset(discover_dataset(view)))
+    fingerprint = fingerprint_from_report(check_dataset(discover_dataset(view, regions_file=regions)))
     data = make_plan(fingerprint, machine=Machine.detect()).to_dict()
     for change in changes:
         key, _, value = change.partition("=")
@@ -74,6 +75,7 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, help="train this many epochs (<= 50 steps each) instead of a budget")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="change a plan field")
     parser.add_argument("--seed", type=int, default=0, help="training seed (weights, sampling, augmentation)")
+    parser.add_argument("--regions", type=Path, help="train and score the regions of this JSON file")
     args = parser.parse_args()
     root = data_set(args.dataset)
     dataset = discover_dataset(root)
@@ -82,12 +84,12 @@ if __name__ == "__main__":
     train_cases, test_cases = [by_id[c] for c in split["train"]], [by_id[c] for c in split["test"]]
     work = Path(tempfile.mkdtemp(prefix="medseg_bench_"))
     view = link_view(root, train_cases, work / "train_only", dataset.layout)
-    plan_path = plan_with_changes(view, args.set, work / "plan.json") if args.set else None
+    plan_path = plan_with_changes(view, args.set, work / "plan.json", args.regions) if args.set else None
     length = {"epochs": args.epochs} if args.epochs else {"budget_s": parse_duration(args.budget)}
     config = TrainConfig(seed=args.seed, **length)
     start = time.perf_counter()
     bundle_dir = train(TrainRequest(data=view, run_dir=work / "run", fold="none", cache_root=work / "cache",
-                                    plan_path=plan_path, progress_bar=False), config)
+                                    plan_path=plan_path, progress_bar=False, regions_file=args.regions), config)
     train_seconds = time.perf_counter() - start
     bundle = load_bundle(bundle_dir)
     references = work / "references"
@@ -97,12 +99,14 @@ if __name__ == "__main__":
     inputs = [PredictInput(c.case_id, list(c.image_files)) for c in test_cases]
     manifest = predict_paths(bundle, inputs, work / "predictions", PredictOptions())
     region = root / "fov" if (root / "fov").is_dir() else None
-    result = evaluate_folders(work / "predictions", references, labels=dict(bundle.plan.labels), region_dir=region)
+    result = evaluate_folders(work / "predictions", references, labels=dict(bundle.plan.labels), region_dir=region,
+                              regions_file=args.regions)
     summary = result.summary()
     dice = {name: round(stats["dice"]["mean"], 4) for name, stats in summary["per_class"].items()}
     hd95 = {name: stats["hd95_mm"]["mean"] for name, stats in summary["per_class"].items()}
     emit(f"train_{args.dataset}", {
         "budget": f"{args.epochs} epochs" if args.epochs else args.budget, "plan_changes": args.set, "seed": args.seed,
+        "regions": [r.name for r in bundle.plan.regions],
         "train_seconds": round(train_seconds, 1),
         "steps": bundle.metrics["folds"]["none"]["steps"], "test_cases": len(test_cases),
         "dice": dice, "mean_dice": round(summary["mean_dice"], 4), "hd95_mm": hd95,

@@ -254,3 +254,16 @@ def zip_folder(folder: Path, archive: Path, prefix: str = "") -> Path:
         for file in sorted(folder.iterdir()):
             zf.write(file, f"{prefix}{file.name}")
     return archive
+
+
+def count_zip_opens(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Patch ``zipfile.ZipFile`` to record each archive opened; returns the (live) list of what was opened."""
+    opened: list = []
+
+    class CountingZipFile(zipfile.ZipFile):
+        def __init__(self, *args, **kwargs) -> None:
+            opened.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
+    return opened

@@ -26,6 +26,19 @@ def hippocampus() -> Path:
     return shared("msd_hippocampus")
 
 
+@pytest.fixture(scope="module")
+def liver_dir() -> Path:
+    """The real CT series with its DICOM SEG (dcmqi sample)."""
+    return shared("dicom_ct_liver_seg")
+
+
+@pytest.fixture(scope="module")
+def liver_ct(liver_dir: Path):
+    from medseg.io.dicom_series import read_dicom_series
+
+    return read_dicom_series(liver_dir / "ct")
+
+
 # Trained once per test session and shared read-only (a test that changes a bundle copies it first).
 @pytest.fixture(scope="session")
 def bundle_3d(tmp_path_factory) -> Path:

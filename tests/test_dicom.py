@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import shared, write_series, zip_folder
+from builders import count_zip_opens, shared, write_series, zip_folder
 from medseg.errors import ImageReadError
 from medseg.io.dicom_archive import DicomArchive
 from medseg.io.dicom_series import list_dicom_series, read_dicom_series
@@ -77,14 +77,7 @@ def test_zip_with_unsafe_member_is_refused(tmp_path: Path, bad_name: str) -> Non
 def test_zip_is_opened_once_per_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_series(tmp_path / "s", n=4)
     archive = zip_folder(tmp_path / "s", tmp_path / "s.zip")
-    opened = []
-
-    class CountingZipFile(zipfile.ZipFile):
-        def __init__(self, *args, **kwargs) -> None:
-            opened.append(args[0])
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
+    opened = count_zip_opens(monkeypatch)
     assert read_dicom_series(archive).shape == (4, 6, 5)
     assert opened == [archive]  # one open for the scan and every slice, not one per member
     opened.clear()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from builders import SHARED_DATA, shared, write_series
+from builders import SHARED_DATA, count_zip_opens, shared, write_series
 from medseg.errors import ImageReadError, MedsegError
 from medseg.io import read_image
 from medseg.io.dicom_seg import read_dicom_seg, read_dicom_seg_segments, write_dicom_seg
@@ -23,16 +23,6 @@ LIVER = SHARED_DATA / "dicom_ct_liver_seg"
 # ----------------------------------------------------------------------------------------------------------
 # Reading: 3-slice CT with DICOM SEG (dcmqi)
 # ----------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def liver_dir() -> Path:
-    return shared("dicom_ct_liver_seg")
-
-
-@pytest.fixture(scope="module")
-def liver_ct(liver_dir: Path) -> Image:
-    return read_dicom_series(liver_dir / "ct")
 
 
 def read_nrrd(path: Path) -> sitk.Image:
@@ -117,14 +107,7 @@ def test_liver_seg_source_given_as_zip_is_opened_once(liver_ct: Image, liver_dir
     with zipfile.ZipFile(archive, "w") as zf:
         for file in sorted(liver_dir.rglob("*.dcm")):
             zf.write(file, file.relative_to(liver_dir).as_posix())
-    opened = []
-
-    class CountingZipFile(zipfile.ZipFile):
-        def __init__(self, *args, **kwargs) -> None:
-            opened.append(args[0])
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
+    opened = count_zip_opens(monkeypatch)
     labels = read_dicom_seg(liver_dir / "seg" / "liver_seg.dcm", source=archive)
     assert opened == [archive]  # one scan picks the referenced series and reads it
     assert labels.same_geometry(liver_ct)

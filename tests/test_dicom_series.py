@@ -145,16 +145,6 @@ def test_totalseg_ct_matches_simpleitk_reader(totalseg_ct: Image) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def liver_dir() -> Path:
-    return shared("dicom_ct_liver_seg")
-
-
-@pytest.fixture(scope="module")
-def liver_ct(liver_dir: Path) -> Image:
-    return read_dicom_series(liver_dir / "ct")
-
-
 def test_liver_ct_series(liver_ct: Image, liver_dir: Path) -> None:
     assert liver_ct.array.shape == (1, 3, 512, 512)
     assert [Path(f).name for f in liver_ct.meta["source_files"]] == [
