@@ -55,6 +55,12 @@ def test_nifti_prediction_keeps_the_affine_bit_for_bit(tmp_path, bundle_3d):
     record = manifest["cases"][0]
     assert record["case"] == "scan" and record["output"].endswith("scan.nii.gz") and manifest["failed"] == []
     assert set(record["volumes"]) == {"small", "bright"} and record["seconds"] > 0
+    assert set(record["components"]) == {"small", "bright"} and record["size_unit"] == "ml"
+    for found in record["components"].values():  # centroids in LPS mm on the oblique grid, checked with nibabel's
+        for component in found["components"]:
+            index = [*reversed(component["centroid_voxel"]), 1.0]  # x, y, z, 1
+            lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine @ index  # the affine is RAS
+            assert component["centroid_mm"] == pytest.approx(lps[:3].tolist(), abs=0.02)
     probs = read_image(record["probabilities"])
     assert probs.channels == 3 and probs.same_geometry(read_image(source))
     np.testing.assert_allclose(probs.array.astype(np.float32).sum(0), 1.0, atol=1e-2)

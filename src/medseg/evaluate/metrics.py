@@ -14,6 +14,11 @@ Metrics (one row per case and foreground class; background, value 0, is never sc
   surface voxels of both masks lying within the tolerance of the other surface.
 * ``volume_pred``, ``volume_ref`` in ml for 3D, area in mm^2 for 2D; ``volume_error = volume_pred - volume_ref``
   (signed, same unit).
+* lesion-wise detection, as BraTS 2023 (:mod:`medseg.evaluate.lesions`): ``lesions_ref``, ``lesions_pred``
+  (fully connected components of each map), ``lesions_matched`` and ``lesions_missed`` (reference lesions some
+  predicted component overlaps, or none), ``lesions_spurious`` (predicted components overlapping no reference
+  lesion), ``lesion_dice`` (sum of each reference lesion's Dice with the predicted components overlapping it,
+  over reference lesions + spurious ones) and ``lesion_f1`` (2 matched / (2 matched + missed + spurious)).
 
 Distances use the image spacing in array-axis order, so anisotropic voxels are honoured; they are computed as
 MONAI computes them (:mod:`medseg.evaluate.surface`).
@@ -24,6 +29,7 @@ Empty-mask conventions (also written into ``summary.json``, with ``"dice_empty":
   are NaN (not defined) and left out of means; volumes 0.
 * class present in only one of them: dice, iou, precision, recall, f1 = 0; nsd = 0; hd95 and assd are NaN
   (missing, left out of means) and the number of such cases is reported per class in ``summary.json``.
+* lesion_dice and lesion_f1 follow the same rule: 1 when the class is in neither map, 0 when in only one.
 * ``region``: voxels outside the region mask are set to background in both maps before anything is scored.
 * a reference without a prediction is not scored; its case id is listed in ``missing_predictions``.
 """
@@ -37,11 +43,12 @@ from typing import Any
 
 import numpy as np
 
+from medseg.evaluate.lesions import LESION_METRICS, lesion_scores
 from medseg.evaluate.overlap import DICE_EMPTY, OVERLAP_METRICS, class_mask, overlap_scores
 from medseg.evaluate.surface import DEFAULT_TOLERANCE_MM, DISTANCE_METRICS, surface_distances
 
 SIZE_METRICS = ("volume_pred", "volume_ref", "volume_error")
-METRICS = OVERLAP_METRICS + DISTANCE_METRICS + SIZE_METRICS
+METRICS = OVERLAP_METRICS + DISTANCE_METRICS + SIZE_METRICS + LESION_METRICS
 CSV_COLUMNS = ("case", "prediction", "reference", "label", "label_value") + METRICS
 SIZE_UNITS = {2: "mm2", 3: "ml"}
 
@@ -52,7 +59,12 @@ CONVENTIONS = (
     "under 'empty'). hd95_mm is the larger of the two directed 95th percentiles of surface-voxel distances (MONAI); "
     "assd_mm is the mean symmetric surface distance; nsd is the normalised surface Dice at tolerance_mm. "
     "Distances use the voxel spacing in mm. volume_* are in size_unit (ml for 3D, mm2 for 2D); "
-    "volume_error = volume_pred - volume_ref. With a region mask, voxels outside it are background in both "
+    "volume_error = volume_pred - volume_ref. Lesions are fully connected components (no dilation, no minimum "
+    "size, unlike BraTS 2023); a reference lesion is matched when a predicted component overlaps it, a predicted "
+    "component overlapping none is spurious; lesion_dice = sum of each reference lesion's Dice with the union of "
+    "the predicted components overlapping it / (reference lesions + spurious); lesion_f1 = 2 matched / "
+    "(2 matched + missed + spurious); both are 1 when the class is in neither map and 0 when in only one. "
+    "With a region mask, voxels outside it are background in both "
     "maps. References without a prediction are not scored (missing_predictions). Statistics: mean, median, "
     "population std and n over the finite values."
 )
@@ -106,6 +118,7 @@ def _score_class(p: np.ndarray, r: np.ndarray, spacing: tuple[float, ...], voxel
     row["volume_error"] = row["volume_pred"] - row["volume_ref"]
     tp = int(np.count_nonzero(p & r)) if n_pred and n_ref else 0
     row |= overlap_scores(n_pred, n_ref, tp, empty=DICE_EMPTY)
+    row |= lesion_scores(p, r, empty=DICE_EMPTY)
     nan = float("nan")
     if n_pred == 0 and n_ref == 0:
         return row | dict.fromkeys(DISTANCE_METRICS, nan)

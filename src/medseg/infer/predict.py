@@ -35,6 +35,7 @@ from medseg.io.dicom_seg import write_dicom_seg
 from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.io.raster import LOSSY_SUFFIXES, RASTER_SUFFIXES
 from medseg.postprocess import PostprocessConfig, apply_postprocessing, apply_thresholds, load_postprocessing
+from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, SIZE_UNITS, measure_components
 from medseg.preprocess import preprocess_image
 from medseg.runtime import keep_freed_memory, runtime_precision
 
@@ -51,6 +52,7 @@ class PredictOptions:
     uncertainty: bool = False  # also return the normalised predictive entropy on the input grid
     folds: list[str] | None = None  # a subset of the bundle's folds
     backend: str = "torch"  # "torch", or "onnxruntime" (runs the bundle's fold_K.onnx from `medseg export`)
+    max_components: int = DEFAULT_MAX_COMPONENTS  # components listed per label (the largest; all are counted)
 
 
 @dataclass
@@ -60,6 +62,8 @@ class Prediction:
     uncertainty: Image | None = None  # (1, *spatial) float32 in [0, 1]
     seconds: float = 0.0
     volumes: dict[str, float] = field(default_factory=dict)  # label name -> ml (3D) or mm^2 (2D)
+    # label name -> {"count", "components": [...]}, see medseg.postprocess.components
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def tta_default(bundle: Bundle) -> bool:
@@ -146,6 +150,8 @@ class Predictor:
             result.uncertainty = _float_image(image, restore_maps(entropy, props.crop_bbox, props.original_shape,
                                                                   [0.0]))
         result.volumes = label_volumes(labels, props.original_spacing, self.plan.labels)
+        result.components = measure_components(labels, image.spacing_zyx, self.plan.labels, image.voxel_to_physical,
+                                               self.options.max_components)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -341,6 +347,7 @@ def write_prediction(result: Prediction, item: PredictInput, out_dir: Path, fmt:
         path = write_image(result.labels, output_path(item, out_dir, fmt))
     record: dict[str, Any] = {"case": item.case_id, "input": [str(f) for f in item.files], "output": str(path),
                               "seconds": round(result.seconds, 3), "volumes": result.volumes,
+                              "size_unit": SIZE_UNITS[result.labels.ndim], "components": result.components,
                               "shape": list(result.labels.shape[1:]), "spacing": list(result.labels.spacing)}
     if result.probabilities is not None:
         record["probabilities"] = str(write_image(result.probabilities, _side_path(path, "probabilities")))

@@ -91,6 +91,16 @@ class Image:
         affine[:dim, dim] = self.origin
         return affine
 
+    def voxel_to_physical(self, index: np.ndarray | tuple[float, ...] | list[float]) -> np.ndarray:
+        """Physical points (x, y[, z], LPS mm) of voxel indices given in array order (``(z,) y, x``).
+
+        ``index`` has shape ``(dim,)`` or ``(n, dim)`` and may be fractional (a centroid); the voxel centre of
+        index 0 lies at ``origin``.
+        """
+        points = np.asarray(index, dtype=np.float64)[..., ::-1]  # array order -> (x, y, z) index order
+        affine = self.index_to_world()
+        return points @ affine[:-1, :-1].T + affine[:-1, -1]
+
     def same_geometry(self, other: Image, atol: float = 1e-3) -> bool:
         """True when both images lie on the same voxel grid (shape, spacing, origin, direction)."""
         return (

@@ -1,6 +1,7 @@
 """Post-processing of predicted label maps: connected components, small objects, holes, probability thresholds,
 and the nnU-Net-style choice of which of them to apply, saved as ``postprocess.json`` in the bundle."""
 
+from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, measure_components
 from medseg.postprocess.config import (
     ClassPostprocess,
     PostprocessConfig,
@@ -18,6 +19,7 @@ from medseg.postprocess.ops import (
 from medseg.postprocess.select import choose_postprocessing
 
 __all__ = [
+    "DEFAULT_MAX_COMPONENTS",
     "ClassPostprocess",
     "PostprocessConfig",
     "apply_postprocessing",
@@ -26,6 +28,7 @@ __all__ = [
     "fill_holes",
     "keep_largest_component",
     "load_postprocessing",
+    "measure_components",
     "remove_small_objects",
     "save_postprocessing",
     "with_overrides",
