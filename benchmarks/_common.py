@@ -34,6 +34,18 @@ def cpu_share(seconds: float = 2.0, stall: float = 0.005) -> float:
 CPU_SHARE_AT_START = cpu_share()
 
 
+def cpu_flags() -> dict:
+    """The CPU model and the vector/matrix flags that decide fp32 vs bf16 speed (read from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor(), "flags": []}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = sorted(f for f in set(flags) if f.startswith(("avx", "amx", "fma")))
+    return {"model": model, "flags": wanted}
+
+
 def machine() -> dict:
     import torch
 
@@ -45,7 +57,7 @@ def machine() -> dict:
             "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             # other work on the machine skews every figure: the 1-minute load average at the end says how much
             "load_avg_1m": round(os.getloadavg()[0], 2),
-            "cpu_share": {"start": CPU_SHARE_AT_START, "end": cpu_share()}}
+            "cpu_share": {"start": CPU_SHARE_AT_START, "end": cpu_share()}, "cpu": cpu_flags()}
 
 
 def data_set(name: str) -> Path:
