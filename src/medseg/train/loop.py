@@ -89,7 +89,8 @@ class Trainer:
         self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
             else torch.device("cpu")
         self.precision = runtime_precision(plan.precision, self.device.type)
-        # Contiguous (NCDHW) layout: channels_last_3d measured 10-35% slower for these widths on this CPU.
+        # Contiguous (NCDHW) layout: channels_last_3d was measured 10-35% slower for these widths on a 2-core CPU
+        # (an early session's measurement that no benchmark script keeps; issue 19 asks for it to be re-measured).
         self.model = build_network(plan).to(self.device)
         self.network: nn.Module = self.model
         if dist.is_initialized():
