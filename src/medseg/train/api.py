@@ -76,7 +76,7 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, Splits, Path, dict[str, An
     plan.save(run / "plan.json")
     splits_path = run / "splits.json"
     splits = make_splits(dataset, folds=request.folds, seed=0)
-    for note in splits.notes:
+    for note in splits.notes if request.fold != "none" else []:  # fold none uses no fold: nothing to say
         log.warning(note)
     write_splits(splits, splits_path)
     cache = prepare_cache(dataset, plan, request.cache_root or default_cache_root(), workers=request.workers,
