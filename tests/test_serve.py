@@ -85,6 +85,10 @@ def test_segment_returns_a_mask_on_the_input_grid_or_json(tmp_path, client):
     body = client.post(f"/v1/models/{name}/segment?format=json&uncertainty=true", files=_files(data),
                        headers=AUTH).json()
     assert set(body["volumes"]) == {"small", "bright"} and body["volume_unit"] == "ml"
+    for name_, volume in body["volumes"].items():  # each label's lesions, as predictions.json lists them
+        listed = body["components"][name_]
+        assert listed["count"] == len(listed["components"]) and listed["count"] <= 100
+        assert sum(c["volume"] for c in listed["components"]) == pytest.approx(volume)
     assert body["shape"] == [16, 16, 16] and body["drift"]["reference"] == DRIFT_FILE
     assert 0.0 <= body["uncertainty"]["mean"] <= 1.0 and "fraction_above_0_5" in body["uncertainty"]
     assert not list(client.app.state.root.iterdir())  # the upload's private folder is gone

@@ -156,7 +156,7 @@ def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view:
     result = predictor.predict(image)
     labels = result.labels.array[0]
     drift = served.drift.check(image, labels)
-    body: dict[str, Any] = {"model": served.name, "volumes": result.volumes,
+    body: dict[str, Any] = {"model": served.name, "volumes": result.volumes, "components": result.components,
                             "volume_unit": "ml" if labels.ndim == 3 else "mm2",
                             "shape": list(labels.shape), "spacing": list(result.labels.spacing),
                             "seconds": round(result.seconds, 3), "drift": drift}
