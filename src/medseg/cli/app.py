@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,6 +24,10 @@ console = Console(stderr=True)
 
 out = Console()
 
+# `--regions FILE` of check, plan, train and evaluate (see medseg.data.regions)
+RegionsOption = Annotated[Path | None, typer.Option(
+    "--regions", help="Regions instead of labels: a JSON file with region 'labels' and 'regions_class_order' "
+                      "(nnU-Net v2 form), e.g. examples/brats_regions.json.")]
 state = {"debug": False}  # set by --debug, read by main()
 
 

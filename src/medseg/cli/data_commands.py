@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medseg.cli.app import app, out, parse_dim
+from medseg.cli.app import RegionsOption, app, out, parse_dim
 from medseg.plan.choices import ModelName
 
 
@@ -20,8 +20,7 @@ def check(
     labels: Annotated[str | None, typer.Option(help="Label names, e.g. '0:background,1:liver'.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     workers: Annotated[int, typer.Option(help="Processes reading cases (0: automatic).")] = 0,
-    regions: Annotated[Path | None, typer.Option(help="Region labels (JSON with 'labels' and "
-                                                      "'regions_class_order') instead of dataset.json's.")] = None,
+    regions: RegionsOption = None,
 ) -> None:
     """Validate a data set: every problem with its file and fix, and a summary. Exit 1 when problems exist.
 
@@ -114,8 +113,7 @@ def plan(
     output: Annotated[Path, typer.Option("-o", "--output", help="Plan file to write.")] = Path("plan.json"),
     dim: Annotated[str | None, typer.Option(help="2d or 3d (default: the data's).")] = None,
     model: Annotated[ModelName, typer.Option(help="Network.")] = "unet",
-    regions: Annotated[Path | None, typer.Option(help="Region labels (JSON with 'labels' and "
-                                                      "'regions_class_order') instead of dataset.json's.")] = None,
+    regions: RegionsOption = None,
 ) -> None:
     """Fingerprint a data set and write the plan sized for this machine.
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medseg.cli.app import app, console, out
+from medseg.cli.app import RegionsOption, app, console, out
 
 
 @app.command()
@@ -24,8 +24,7 @@ def evaluate(
         help="Score only inside these masks (a folder matched by case id, or one file), e.g. DRIVE's FOV.")] = None,
     tolerance: Annotated[float, typer.Option(help="Normalised surface Dice tolerance in mm.")] = 2.0,
     workers: Annotated[int, typer.Option(help="Processes (0: automatic).")] = 0,
-    regions: Annotated[Path | None, typer.Option(help="Score regions instead of labels: a JSON file with region "
-                                                      "'labels' and 'regions_class_order' (nnU-Net v2 form).")] = None,
+    regions: RegionsOption = None,
 ) -> None:
     """Score predictions against references per case and class: Dice, IoU, HD95, ASSD, surface Dice, volumes.
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from medseg.cli.app import app, out, parse_dim, parse_duration
+from medseg.cli.app import RegionsOption, app, out, parse_dim, parse_duration
 from medseg.errors import MedsegError
 from medseg.plan.choices import LossName, ModelName, OptimizerName
 
@@ -35,8 +35,7 @@ def train(
     cache: Annotated[Path | None, typer.Option(help="Preprocessed-data cache folder.")] = None,
     workers: Annotated[int, typer.Option(help="Processes for checking and preprocessing (0: automatic).")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
-    regions: Annotated[Path | None, typer.Option(help="Train regions: a JSON file with region 'labels' and "
-                                                      "'regions_class_order' (nnU-Net v2 form).")] = None,
+    regions: RegionsOption = None,
 ) -> None:
     """Train a model: check, plan, preprocess (cached), train, write RUN/bundle.
 

@@ -7,9 +7,11 @@ exceeds 0.5, in ``regions_class_order``, as nnU-Net v2 does.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from medseg.data.regions import paint_regions
 from medseg.plan import Plan
 
 REGION_THRESHOLD = 0.5
@@ -24,17 +26,15 @@ def labels_from_probabilities(probabilities: Tensor, plan: Plan) -> Tensor:
     """``(C, *spatial)`` probabilities -> an integer label map ``(*spatial)``."""
     if not plan.regions:
         return probabilities.argmax(0)
-    labels = torch.zeros(probabilities.shape[1:], dtype=torch.int64)
-    for channel, region in zip(probabilities, plan.regions):
-        labels[channel > REGION_THRESHOLD] = region.paint
-    return labels
+    return _painted(probabilities > REGION_THRESHOLD, plan)
 
 
 def labels_from_logits(logits: Tensor, plan: Plan) -> Tensor:
     """``(C, *spatial)`` logits -> label map; for regions, logit > 0 is probability > 0.5 (no sigmoid needed)."""
     if not plan.regions:
         return logits.argmax(0)
-    labels = torch.zeros(logits.shape[1:], dtype=torch.int64)
-    for channel, region in zip(logits, plan.regions):
-        labels[channel > 0] = region.paint
-    return labels
+    return _painted(logits > 0, plan)
+
+
+def _painted(masks: Tensor, plan: Plan) -> Tensor:
+    return torch.from_numpy(paint_regions(masks.numpy(), plan.regions, np.int64))

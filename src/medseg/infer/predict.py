@@ -26,6 +26,7 @@ from medseg import __version__
 from medseg.bundle import POSTPROCESS_FILE, Bundle
 from medseg.data.dataset import Case, discover_dataset, load_case_image
 from medseg.errors import MedsegError
+from medseg.evaluate.metrics import SIZE_UNITS
 from medseg.infer.outputs import labels_from_probabilities, probabilities_from_logits
 from medseg.infer.restore import restore_labels, restore_maps
 from medseg.infer.sliding import predict_logits
@@ -35,7 +36,7 @@ from medseg.io.dicom_seg import write_dicom_seg
 from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.io.raster import LOSSY_SUFFIXES, RASTER_SUFFIXES
 from medseg.postprocess import PostprocessConfig, apply_postprocessing, apply_thresholds, load_postprocessing
-from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, SIZE_UNITS, measure_components
+from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, measure_components
 from medseg.preprocess import preprocess_image
 from medseg.runtime import keep_freed_memory, runtime_precision
 

@@ -29,7 +29,6 @@ from scipy import ndimage
 from medseg.evaluate.lesions import component_sizes, connected_components
 
 DEFAULT_MAX_COMPONENTS = 100  # components listed per label in predictions.json
-SIZE_UNITS = {2: "mm2", 3: "ml"}
 
 
 def measure_components(
@@ -81,7 +80,7 @@ def _label_components(mask: np.ndarray, box: tuple[slice, ...], spacing: np.ndar
         inside = components[own] == index + 1
         starts.append(offset + [s.start for s in own])
         stops.append(offset + [s.stop for s in own])
-        centroids.append(np.asarray([_axis_mean(inside, axis) for axis in range(inside.ndim)]) + starts[-1])
+        centroids.append(np.asarray(ndimage.center_of_mass(inside)) + starts[-1])
     physical = np.atleast_2d(to_physical(np.asarray(centroids, dtype=np.float64))) if centroids else []
     records = [{
         "voxels": int(sizes[index]),
@@ -94,8 +93,3 @@ def _label_components(mask: np.ndarray, box: tuple[slice, ...], spacing: np.ndar
     } for index, point, centroid, start, stop in zip(listed, physical, centroids, starts, stops)]
     return {"count": count, "components": records}
 
-
-def _axis_mean(mask: np.ndarray, axis: int) -> float:
-    """Mean index of the voxels of ``mask`` along ``axis`` (from the profile along that axis: no index arrays)."""
-    profile = np.count_nonzero(mask, axis=tuple(a for a in range(mask.ndim) if a != axis))
-    return float(np.dot(profile, np.arange(profile.size))) / float(profile.sum())
