@@ -27,7 +27,8 @@ from medseg.bundle import load_bundle
 from medseg.cli import parse_duration
 from medseg.data import check_dataset, discover_dataset
 from medseg.evaluate import evaluate_folders
-from medseg.infer.predict import PredictInput, PredictOptions, predict_paths
+from medseg.infer.cohort import PredictInput, predict_paths
+from medseg.infer.predict import PredictOptions
 from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
 from medseg.train import TrainConfig, TrainRequest, train
 

@@ -261,3 +261,36 @@ def test_real_2d_sets_check_clean(name, cases, channels, split):
     summary = report.summary()
     assert summary["cases"] == cases and summary["channels"] == channels and summary["dim"] == 2
     assert summary["split"] == split
+
+
+def test_an_unexpected_error_on_one_case_is_that_cases_problem(tmp_path, monkeypatch):
+    from medseg.data import check as check_module
+
+    root = make_decathlon(tmp_path / "ds", cases=3)
+    real = check_module.analyse_case
+
+    def flaky(case, declared):
+        if case.case_id == "case_001":
+            raise MemoryError("cannot allocate 40 GiB")
+        return real(case, declared)
+
+    monkeypatch.setattr(check_module, "analyse_case", flaky)
+    report = check_dataset(discover_dataset(root), workers=1)
+    (problem,) = report.problems
+    assert problem.case_id == "case_001" and "MemoryError" in problem.what and "case_001_0000" in problem.path
+    assert sorted(s.case_id for s in report.stats) == ["case_000", "case_002"]
+
+
+def test_check_json_is_valid_utf8_for_file_names_that_are_not(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = make_2d(tmp_path / "ds", cases=2)
+    odd = os.fsdecode(b"caf\xe9")  # a Latin-1 name on a UTF-8 system: Python keeps the byte as a lone surrogate
+    (root / "images" / "img0.png").rename(root / "images" / f"{odd}.png")
+    done = subprocess.run([sys.executable, "-m", "medseg", "check", str(root), "--json"], capture_output=True,
+                          check=False, env=os.environ | {"COLUMNS": "200"})
+    assert done.returncode == 1, done.stderr.decode(errors="replace")  # that image has no mask now: a problem
+    report = json.loads(done.stdout.decode("utf-8"))  # strict: raises on invalid UTF-8
+    assert any("caf\\xe9.png" in problem["path"] for problem in report["problems"])

@@ -76,7 +76,7 @@ def run_demo(data: Path | None, output: Path, budget_s: float | None, cache: Pat
     from medseg.bundle import load_bundle
     from medseg.data import check_dataset, discover_dataset
     from medseg.evaluate import evaluate_folders, write_evaluation
-    from medseg.infer.predict import collect_inputs, predict_paths
+    from medseg.infer.cohort import collect_inputs, predict_paths
     from medseg.report import build_report
     from medseg.train import TrainConfig, TrainRequest, train
 

@@ -87,3 +87,46 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class DistributedRanks:
+    """This process's rank among those ``torchrun`` started (rank 0 of 1 without torchrun), for work split by input.
+
+    ``torchrun`` tells each process its place through ``RANK``/``WORLD_SIZE``: that is PyTorch's launch contract,
+    not medseg configuration. With more than one process, a gloo process group is opened for :meth:`barrier`, and
+    each process takes its share of the CPU threads so that the ranks do not oversubscribe the cores.
+    """
+
+    def __init__(self) -> None:
+        import os
+
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self._group = False
+
+    def __enter__(self) -> DistributedRanks:
+        if self.world_size > 1:
+            import os
+            from datetime import timedelta
+
+            import torch
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo", timeout=timedelta(hours=12))
+                self._group = True
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.world_size))
+        return self
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (a no-op for one process)."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()

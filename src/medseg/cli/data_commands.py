@@ -33,8 +33,10 @@ def check(
     report = check_dataset(dataset, workers=workers or None)
     seconds = time.perf_counter() - start
     if json_output:
-        payload = report.to_dict() | {"seconds": round(seconds, 2)}
-        out.print_json(json.dumps(payload))
+        from medseg.io.paths import json_safe
+
+        payload = json_safe(report.to_dict() | {"seconds": round(seconds, 2)})
+        out.print_json(json.dumps(payload, ensure_ascii=False))
     else:
         _print_check(report, seconds)
     raise typer.Exit(0 if report.ok else 1)

@@ -38,18 +38,24 @@ def predict(
                                                       "png, nrrd, mha, or dicom-seg (DICOM inputs: a DICOM SEG "
                                                       "referencing the source series).")] = "same",
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (needs `medseg export BUNDLE` first).")] = "torch",
+    resume: Annotated[bool, typer.Option("--resume", help="Skip cases already complete in the output folder (after "
+                                                           "a crash or a kill), predict the rest.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Segment scans with a bundle; masks keep each input's format, size and geometry.
 
     Example: medseg predict runs/hippo/bundle scans/ -o predictions/
-    Writes one mask per case and predictions.json (inputs, outputs, timings, versions). Exit 1 when a case failed.
+    Writes one mask per case and predictions.json (inputs, outputs, timings, versions). A case that fails is listed
+    there and the others go on; exit 1 when a case failed. Under `torchrun --nproc_per_node N -m medseg predict`
+    the inputs are split over the N processes.
     """
     from rich.progress import Progress
 
     from medseg.bundle import load_bundle
-    from medseg.infer.predict import PredictOptions, predict_paths
+    from medseg.infer.cohort import predict_paths
+    from medseg.infer.predict import PredictOptions
     from medseg.postprocess import PostprocessConfig, load_postprocessing, with_overrides
+    from medseg.runtime import DistributedRanks
 
     loaded = load_bundle(bundle)
     chosen: bool | PostprocessConfig = postprocess
@@ -58,17 +64,27 @@ def predict(
         chosen = with_overrides(base, loaded.plan.labels, keep_largest, fill_holes, min_size)
     options = PredictOptions(tta=tta, overlap=None if step is None else 1.0 - step, postprocess=chosen,
                              probabilities=probabilities, uncertainty=uncertainty, backend=backend)
-    with Progress(console=console, disable=no_progress, transient=True) as bar:
+    with DistributedRanks() as ranks, Progress(console=console, disable=no_progress or ranks.rank > 0,
+                                                transient=True) as bar:
         task = bar.add_task("predicting", total=None)
 
         def advance(done: int, total: int, case: str) -> None:
             bar.update(task, completed=done, total=total, description=f"predicting {case}")
 
-        manifest = predict_paths(loaded, inputs, output, options, fmt=fmt, progress=advance)
+        manifest = predict_paths(loaded, inputs, output, options, fmt=fmt, progress=advance, resume=resume,
+                                 rank=ranks.rank, world_size=ranks.world_size)
+        if ranks.world_size > 1:
+            ranks.barrier()
+            if ranks.rank > 0:
+                return
+            from medseg.infer.cohort import merge_manifests
+
+            manifest = merge_manifests(output, ranks.world_size)
     done = manifest["cases"]
     seconds = sum(c["seconds"] for c in done) / max(len(done), 1)
     tta_state = "on" if manifest["tta"] else "off"
-    out.print(f"{len(done)} case(s) predicted into {output} ({seconds:.2f} s a case, TTA {tta_state})")
+    resumed = f", {manifest['resumed']} already done" if manifest.get("resumed") else ""
+    out.print(f"{len(done)} case(s) predicted into {output} ({seconds:.2f} s a case, TTA {tta_state}{resumed})")
     for failure in manifest["failed"]:
         console.print(f"[red]failed[/red] {failure['case']}: {failure['error']}", soft_wrap=True)
     if manifest["failed"]:

@@ -208,7 +208,20 @@ def _foreground_sample(image: Image, label_array: np.ndarray | None) -> list[lis
 
 
 def _analyse_packed(args: tuple[Case, tuple[int, ...]]) -> tuple[CaseStats | None, list[Problem]]:
-    return analyse_case(*args)
+    return analyse_safely(*args)
+
+
+def analyse_safely(case: Case, declared_labels: tuple[int, ...]) -> tuple[CaseStats | None, list[Problem]]:
+    """:func:`analyse_case`, with anything unexpected on one case (a bug, ``MemoryError``) reported as that case's
+    problem: one strange file must not stop the check of thousands."""
+    try:
+        return analyse_case(case, declared_labels)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 - reported as a problem naming the case and the error
+        what = f"could not be checked: {type(error).__name__}: {error}"
+        return None, [Problem(str(case.image_files[0]), what, "remove or replace the case, and report this error",
+                              case.case_id)]
 
 
 def check_dataset(
@@ -227,7 +240,7 @@ def check_dataset(
                     progress(len(results), len(jobs))
     else:
         for job in jobs:
-            results.append(analyse_case(*job))
+            results.append(analyse_safely(*job))
             if progress:
                 progress(len(results), len(jobs))
     stats = [s for s, _ in results if s is not None]

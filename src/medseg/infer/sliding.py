@@ -22,6 +22,10 @@ from medseg.runtime import autocast_context
 SIGMA_SCALE = 0.125  # Gaussian sigma as a fraction of the patch size (nnU-Net and MONAI both use 1/8)
 
 
+class Cancelled(Exception):
+    """Prediction stopped because its caller asked (``should_stop``); not a user error."""
+
+
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     """Start offsets of windows of ``patch`` along an axis of ``size >= patch``, evenly spread (nnU-Net).
 
@@ -50,11 +54,13 @@ def sliding_window(
     predictor: Callable[[torch.Tensor], torch.Tensor],
     overlap: float = 0.5,
     batch_size: int = 2,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Float32 logits ``(1, K, *S)`` of ``predictor`` over ``batch`` ``(1, C, *S)`` by Gaussian-weighted windows.
 
     Axes shorter than the patch are zero-padded (centred) and cropped back. ``predictor`` maps
-    ``(n, C, *patch)`` to ``(n, K, *patch)``.
+    ``(n, C, *patch)`` to ``(n, K, *patch)``. ``should_stop`` is asked before each batch of windows; when it
+    answers True the work ends with :class:`Cancelled` (how the service stops a case whose request timed out).
     """
     if batch.shape[0] != 1:
         raise ValueError(f"sliding_window takes one case (1, C, *spatial), got shape {tuple(batch.shape)}")
@@ -67,12 +73,16 @@ def sliding_window(
     padded = batch.shape[2:]
     crop = tuple(slice(pad // 2, pad // 2 + s) for pad, s in zip(pads, spatial))
     starts = list(itertools.product(*(window_starts(n, p, overlap) for n, p in zip(padded, patch))))
+    if should_stop is not None and should_stop():
+        raise Cancelled("stopped before the first window")
     if len(starts) == 1:  # one window covers the image: no weighting to do
         return predictor(batch).float()[(..., *crop)]
     weights = gaussian_weights(patch, batch.device)
     out: torch.Tensor | None = None
     norm = torch.zeros(padded, device=batch.device)
     for first in range(0, len(starts), batch_size):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"stopped after {first} of {len(starts)} windows")
         windows = [tuple(slice(a, a + p) for a, p in zip(start, patch)) for start in starts[first:first + batch_size]]
         logits = predictor(torch.cat([batch[(0, ..., *w)][None] for w in windows])).float()
         if out is None:
@@ -93,6 +103,7 @@ def predict_logits(
     mirror_axes: Sequence[int] = (),
     precision: str = "fp32",
     sw_batch_size: int = 2,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Logits ``(K, *S)`` for one preprocessed case ``(C, *S)``; mirror TTA averages over flipped copies."""
     model.eval()
@@ -101,7 +112,8 @@ def predict_logits(
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with autocast_context(device, precision):
-            return sliding_window(x, patch_size, model, overlap=overlap, batch_size=sw_batch_size)
+            return sliding_window(x, patch_size, model, overlap=overlap, batch_size=sw_batch_size,
+                                  should_stop=should_stop)
 
     logits = run(batch)
     flips = [(axis + 2,) for axis in mirror_axes]
