@@ -269,10 +269,10 @@ def test_an_unexpected_error_on_one_case_is_that_cases_problem(tmp_path, monkeyp
     root = make_decathlon(tmp_path / "ds", cases=3)
     real = check_module.analyse_case
 
-    def flaky(case, declared):
+    def flaky(case, declared, label_values=None):
         if case.case_id == "case_001":
             raise MemoryError("cannot allocate 40 GiB")
-        return real(case, declared)
+        return real(case, declared, label_values)
 
     monkeypatch.setattr(check_module, "analyse_case", flaky)
     report = check_dataset(discover_dataset(root), workers=1)

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.data.dataset import Case, Dataset, Problem, load_case_image, load_case_label
+from medseg.data.label_values import to_class_values
 from medseg.errors import DatasetError, MedsegError
 from medseg.io import Image
 
@@ -77,8 +78,12 @@ class CheckReport:
         }
 
 
-def analyse_case(case: Case, declared_labels: tuple[int, ...]) -> tuple[CaseStats | None, list[Problem]]:
-    """Read one case and check it; returns its statistics (None when unreadable) and its problems."""
+def analyse_case(case: Case, declared_labels: tuple[int, ...],
+                 label_values: dict[int, int] | None = None) -> tuple[CaseStats | None, list[Problem]]:
+    """Read one case and check it; returns its statistics (None when unreadable) and its problems.
+
+    ``declared_labels`` are the values masks may hold on disk; statistics count class values (``label_values``:
+    class -> disk value, see :func:`medseg.data.dataset.consecutive_labels`)."""
     problems: list[Problem] = []
 
     def problem(path: object, what: str, fix: str) -> None:
@@ -102,6 +107,7 @@ def analyse_case(case: Case, declared_labels: tuple[int, ...]) -> tuple[CaseStat
         else:
             label_array = _check_label(image, label, case, declared_labels, problem)
             if label_array is not None:
+                label_array = to_class_values(label_array, label_values or {})
                 values, counts = np.unique(label_array, return_counts=True)
                 label_counts = {int(v): int(c) for v, c in zip(values, counts)}
                 label_boundary = boundary_counts(label_array)
@@ -207,15 +213,16 @@ def _foreground_sample(image: Image, label_array: np.ndarray | None) -> list[lis
     return sample
 
 
-def _analyse_packed(args: tuple[Case, tuple[int, ...]]) -> tuple[CaseStats | None, list[Problem]]:
+def _analyse_packed(args: tuple[Case, tuple[int, ...], dict[int, int]]) -> tuple[CaseStats | None, list[Problem]]:
     return analyse_safely(*args)
 
 
-def analyse_safely(case: Case, declared_labels: tuple[int, ...]) -> tuple[CaseStats | None, list[Problem]]:
+def analyse_safely(case: Case, declared_labels: tuple[int, ...],
+                   label_values: dict[int, int] | None = None) -> tuple[CaseStats | None, list[Problem]]:
     """:func:`analyse_case`, with anything unexpected on one case (a bug, ``MemoryError``) reported as that case's
     problem: one strange file must not stop the check of thousands."""
     try:
-        return analyse_case(case, declared_labels)
+        return analyse_case(case, declared_labels, label_values)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as error:  # noqa: BLE001 - reported as a problem naming the case and the error
@@ -228,8 +235,8 @@ def check_dataset(
     dataset: Dataset, workers: int | None = None, progress: Callable[[int, int], None] | None = None
 ) -> CheckReport:
     """Read every labelled case, collecting every problem, and the statistics the plan needs."""
-    declared = tuple(sorted(dataset.labels))
-    jobs = [(case, declared) for case in dataset.cases]
+    declared = tuple(sorted(dataset.label_values.get(v, v) for v in dataset.labels))  # as on disk
+    jobs = [(case, declared, dataset.label_values) for case in dataset.cases]
     workers = workers or min(4, os.cpu_count() or 1)
     results: list[tuple[CaseStats | None, list[Problem]]] = []
     if workers > 1 and len(jobs) > 8:
@@ -263,6 +270,8 @@ def _consistency_problems(dataset: Dataset, stats: list[CaseStats]) -> list[Prob
                         str(case.image_files[0]), f"{what} {getattr(s, attr)} differs from the data set's {common}",
                         f"every case needs the same {what}", s.case_id,
                     ))
+    if not dataset.labels and stats:
+        problems += _undeclared_gaps(dataset, stats)
     if dataset.labels and stats:
         seen = {v for s in stats for v in s.label_counts}
         for value, name in dataset.labels.items():
@@ -272,6 +281,19 @@ def _consistency_problems(dataset: Dataset, stats: list[CaseStats]) -> list[Prob
                     "remove it from the labels or check the masks",
                 ))
     return problems
+
+
+def _undeclared_gaps(dataset: Dataset, stats: list[CaseStats]) -> list[Problem]:
+    """Undeclared mask values that are not 0..K: a 0/255 mask would train 256 classes, 254 of them never seen."""
+    seen = sorted({v for s in stats for v in s.label_counts} | {0})
+    if seen == list(range(len(seen))):
+        return []
+    named = ",".join(f"{v}:{'background' if v == 0 else f'label_{v}'}" for v in seen[:6])
+    shown = ", ".join(map(str, seen[:8])) + (", ..." if len(seen) > 8 else "")
+    return [Problem(str(dataset.root), f"masks hold label values {shown}, not 0..{len(seen) - 1}, and no labels are "
+                    f"declared: as they are, the network would get {seen[-1] + 1} outputs",
+                    f"declare them (dataset.json \"labels\", or --labels {named}); declared values are trained "
+                    "as 0..K and written back as declared. Or re-export the masks as 0..K")]
 
 
 def summarise(dataset: Dataset, stats: list[CaseStats]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.label_values import consecutive_labels, to_class_values
 from medseg.data.regions import Region, is_region_labels, load_regions_file, parse_regions
 from medseg.errors import DatasetError, ImageReadError
 from medseg.io import CHANNEL_FILE, IMAGE_SUFFIXES, Image, image_stem, image_suffix, read_image
@@ -74,6 +75,8 @@ class Dataset:
     problems: list[Problem] = field(default_factory=list)
     name: str = ""
     regions: list[Region] = field(default_factory=list)  # region-based classes (see medseg.data.regions); [] if none
+    # class value -> value on disk where the declared label values are not 0..K (see consecutive_labels); {} if they are
+    label_values: dict[int, int] = field(default_factory=dict)
 
     @property
     def case_ids(self) -> list[str]:
@@ -114,6 +117,8 @@ def discover_dataset(root: str | Path, labels: dict[int, str] | None = None,
         named, dataset.regions = load_regions_file(regions_file)
         # values the regions file leaves unnamed keep dataset.json's names
         dataset.labels = {v: dataset.labels.get(v, name) if name == f"label {v}" else name for v, name in named.items()}
+    if dataset.labels and not dataset.regions:
+        dataset.labels, dataset.label_values = consecutive_labels(dataset.labels)
     if not dataset.cases and not dataset.problems:
         raise DatasetError("holds no images", root, "add image files to images/ or imagesTr/")
     dataset.split = _read_split(root, dataset)
@@ -363,8 +368,9 @@ def load_case_image(case: Case) -> Image:
     return first.with_array(np.concatenate([p.array for p in parts], axis=0))
 
 
-def load_case_label(case: Case) -> Image:
-    """Read a case's label map as a one-channel integer image."""
+def load_case_label(case: Case, label_values: dict[int, int] | None = None) -> Image:
+    """Read a case's label map as a one-channel integer image; ``label_values`` (class -> disk value, see
+    :func:`consecutive_labels`) turns the values on disk into class values."""
     if case.label_file is None:
         raise DatasetError(f"case '{case.case_id}' has no label", case.image_files[0], "add its mask")
     label = read_image(case.label_file)
@@ -375,4 +381,6 @@ def load_case_label(case: Case) -> Image:
                 "save masks as single-channel integer images (0 = background)",
             )
         raise ImageReadError(f"has {label.channels} channels", case.label_file, "a label map has one channel")
+    if label_values:
+        label = label.with_array(to_class_values(label.array, label_values))
     return label

@@ -175,7 +175,7 @@ def predict_paths(
             continue
         if resume:
             remove_temporaries(output_path(item, out_dir, fmt))
-        record = _predict_one(predictor, item, out_dir, fmt, bundle.plan.labels)
+        record = _predict_one(predictor, item, out_dir, fmt, bundle.plan.disk_labels)
         if "error" in record:
             manifest["failed"].append(record)
             continue

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from medseg.bundle import POSTPROCESS_FILE, Bundle
+from medseg.data.label_values import to_disk_values
 from medseg.errors import MedsegError
 from medseg.infer.outputs import labels_from_probabilities, probabilities_from_logits
 from medseg.infer.restore import restore_labels, restore_maps
@@ -138,7 +139,7 @@ class Predictor:
         labels = restore_labels(probabilities, props.crop_bbox, props.original_shape, decide)
         if self.postprocess:  # thresholds were applied slab by slab above; the rest works on the label map
             labels = apply_postprocessing(labels, _without_thresholds(self.postprocess), props.original_spacing)
-        result = Prediction(labels=_label_image(image, labels))
+        result = Prediction(labels=_label_image(image, to_disk_values(labels, self.plan.label_values)))
         if self.options.probabilities:
             fill = [0.0] * probabilities.shape[0] if self.plan.regions else [1.0] + [0.0] * (probabilities.shape[0] - 1)
             result.probabilities = _float_image(image, restore_maps(probabilities, props.crop_bbox,

@@ -42,6 +42,7 @@ class Fingerprint:
     # per label, median over cases of its centre of mass per axis (fraction of the extent, array order)
     class_centroid_median: dict[int, list[float]] = field(default_factory=dict)
     regions: list[Region] = field(default_factory=list)  # region-based classes of the data set, if any
+    label_values: dict[int, int] = field(default_factory=dict)  # class value -> value on disk (see Plan)
 
     @property
     def median_spacing(self) -> list[float]:
@@ -59,6 +60,7 @@ class Fingerprint:
         data["class_depth_mm_median"] = {str(k): v for k, v in self.class_depth_mm_median.items()}
         data["class_centroid_median"] = {str(k): v for k, v in self.class_centroid_median.items()}
         data["regions"] = [r.to_dict() for r in self.regions]
+        data["label_values"] = {str(k): v for k, v in self.label_values.items()}
         return data
 
     @classmethod
@@ -71,6 +73,7 @@ class Fingerprint:
         data["class_centroid_median"] = {int(k): v for k, v in data.get("class_centroid_median", {}).items()}
         data["intensities"] = [ChannelIntensity(**c) for c in data["intensities"]]
         data["regions"] = [Region.from_dict(r) for r in data.get("regions", [])]
+        data["label_values"] = {int(k): int(v) for k, v in data.get("label_values", {}).items()}
         return cls(**data)
 
 
@@ -115,4 +118,5 @@ def fingerprint_from_report(report: CheckReport) -> Fingerprint:
         class_depth_mm_median=depth,
         class_centroid_median=centroid,
         regions=list(report.dataset.regions),
+        label_values=dict(report.dataset.label_values),
     )

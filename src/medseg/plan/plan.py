@@ -80,6 +80,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # region-based classes (medseg.data.regions): one sigmoid output each, trained with dice_bce; [] for softmax
     regions: list[Region] = field(default_factory=list)
+    # class value -> the value masks hold on disk, where the declared label values are not 0..K (a 0/255 mask is
+    # trained as 0/1 and predicted back as 0/255); {} when they are (see medseg.data.dataset.consecutive_labels)
+    label_values: dict[int, int] = field(default_factory=dict)
     version: int = PLAN_VERSION
     medseg_version: str = __version__
 
@@ -133,10 +136,19 @@ class Plan:
         data["labels"] = {str(k): v for k, v in self.labels.items()}
         data["augment"] = self.augment.to_dict()
         data["regions"] = [r.to_dict() for r in self.regions]
+        data["label_values"] = {str(k): v for k, v in self.label_values.items()}
         return data
+
+    @property
+    def disk_labels(self) -> dict[int, str]:
+        """Label names by the value written in masks (the class value unless ``label_values`` renumbers)."""
+        return {self.label_values.get(v, v): name for v, name in self.labels.items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> Plan:
+        if not isinstance(data, dict):
+            raise MedsegError(f"is not a valid medseg plan (a JSON {type(data).__name__}, not an object)", source,
+                              "re-create it with `medseg plan`")
         version = data.get("version")
         if version != PLAN_VERSION:
             raise MedsegError(
@@ -147,9 +159,10 @@ class Plan:
             data = dict(data)
             data["channel_names"] = {int(k): v for k, v in data["channel_names"].items()}
             data["labels"] = {int(k): v for k, v in data["labels"].items()}
+            data["label_values"] = {int(k): int(v) for k, v in data.get("label_values", {}).items()}
             data["normalization"] = [ChannelNorm(**n) for n in data["normalization"]]
             return cls(**data)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise MedsegError(f"is not a valid medseg plan ({exc})", source,
                               "re-create it with `medseg plan`") from None
         except MedsegError as exc:  # a bad choice (check_choice): name the file it came from
@@ -179,5 +192,6 @@ class Plan:
             "norm": [asdict(n) for n in self.normalization],
             "crop": self.crop_to_nonzero,
             "labels": sorted(self.labels),
+            **({"label_values": sorted(self.label_values.items())} if self.label_values else {}),
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

@@ -283,6 +283,10 @@ def make_plan(
         loss = "dice_bce"
         notes.append(f"{len(fp.regions)} regions ({', '.join(r.name for r in fp.regions)}): one sigmoid output each, "
                      "trained with Dice + binary cross-entropy, painted back to labels in regions_class_order")
+    if fp.label_values:
+        shown = ", ".join(f"{v}->{c}" for c, v in sorted(fp.label_values.items()))
+        notes.append(f"declared label values are not 0..K: trained as consecutive classes ({shown}), masks written "
+                     "with the declared values")
     return Plan(
         dataset_name=fp.dataset_name,
         dim=dim,
@@ -307,5 +311,6 @@ def make_plan(
         device_kind=machine.kind,
         notes=notes,
         regions=list(fp.regions),
+        label_values=dict(fp.label_values),
     )
 
