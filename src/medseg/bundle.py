@@ -104,8 +104,21 @@ def load_bundle(folder: str | Path) -> Bundle:
     if not folds:
         raise MedsegError(f"holds no {fold_weights_name('K')} weights", folder, "train at least one fold into it")
     metrics_path = folder / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = read_json_object(metrics_path) if metrics_path.exists() else {}
     return Bundle(folder, plan, folds, metrics)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A bundle's JSON file that must hold an object; a damaged one is named with what to do."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MedsegError(f"is not readable JSON ({type(exc).__name__}: {exc})", path,
+                          "the bundle is damaged; copy it again from where it was trained") from None
+    if not isinstance(data, dict):
+        raise MedsegError(f"holds a JSON {type(data).__name__}, not an object", path,
+                          "the bundle is damaged; copy it again from where it was trained")
+    return data
 
 
 def write_model_card(folder: Path, plan: Plan, summary: dict[str, Any], metrics: dict[str, Any],

@@ -62,7 +62,8 @@ class Prediction:
 
 def tta_default(bundle: Bundle) -> bool:
     """Mirror TTA on only where validation at the end of training showed it improves Dice."""
-    return bool(bundle.metrics.get("inference", {}).get("tta", False))
+    inference = bundle.metrics.get("inference")
+    return isinstance(inference, dict) and inference.get("tta") is True
 
 
 class Predictor:

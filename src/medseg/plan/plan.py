@@ -27,6 +27,7 @@ from medseg.plan.choices import (
     Precision,
     check_choice,
 )
+from medseg.plan.fields import check_fields
 
 PLAN_VERSION = 1
 
@@ -93,9 +94,32 @@ class Plan:
         if isinstance(self.augment, dict):  # plan.json's form (an old plan may hold {}: every default)
             self.augment = AugmentConfig.from_dict(self.augment)
         self.regions = [Region.from_dict(r) if isinstance(r, dict) else r for r in self.regions]
+        check_fields(self)
+        self._check_values()
         if bool(self.regions) != (self.loss == "dice_bce"):
             raise MedsegError(f"plan field 'loss' is {self.loss!r} for a plan with {len(self.regions)} regions",
                               fix="regions train with dice_bce (one sigmoid output a region), labels with the others")
+
+    def _check_values(self) -> None:
+        """Values the types allow but nothing could run with."""
+        problems = []
+        if self.dim not in (2, 3) or self.data_dim not in (2, 3) or self.dim > self.data_dim:
+            problems.append(f"dim {self.dim} / data_dim {self.data_dim} (2 or 3, dim <= data_dim)")
+        if len(self.patch_size) != self.dim or min(self.patch_size, default=0) < 1:
+            problems.append(f"patch_size {self.patch_size} ({self.dim} positive sizes)")
+        if len(self.target_spacing) not in (self.dim, self.data_dim) or min(self.target_spacing, default=0) <= 0:
+            problems.append(f"target_spacing {self.target_spacing} (positive mm)")
+        if self.batch_size < 1 or self.channels < 1 or not self.features or min(self.features) < 1:
+            problems.append(f"batch_size {self.batch_size}, channels {self.channels}, features {self.features} "
+                            "(positive)")
+        if not self.labels or min(self.labels) < 0 or len(self.normalization) != self.channels:
+            problems.append(f"labels {sorted(self.labels)} and {len(self.normalization)} normalisation(s) for "
+                            f"{self.channels} channel(s)")
+        if not self.learning_rate > 0 or not 0 <= self.sliding_window_overlap < 1:
+            problems.append(f"learning_rate {self.learning_rate}, sliding_window_overlap {self.sliding_window_overlap}")
+        if problems:
+            raise MedsegError(f"plan has impossible values: {'; '.join(problems)}",
+                              fix="re-create the plan with `medseg plan`")
 
     @property
     def num_classes(self) -> int:
@@ -179,8 +203,8 @@ class Plan:
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise MedsegError(f"cannot read plan ({exc})", path, "re-create it with `medseg plan`") from None
         return cls.from_dict(data, path)
 
