@@ -294,3 +294,40 @@ def test_check_json_is_valid_utf8_for_file_names_that_are_not(tmp_path):
     assert done.returncode == 1, done.stderr.decode(errors="replace")  # that image has no mask now: a problem
     report = json.loads(done.stdout.decode("utf-8"))  # strict: raises on invalid UTF-8
     assert any("caf\\xe9.png" in problem["path"] for problem in report["problems"])
+
+
+def test_mixed_channel_counts_and_a_missing_channel_file_are_named(tmp_path):
+    root = make_decathlon(tmp_path / "ds", cases=3, channels=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "FLAIR", "1": "T1c"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "imagesTr" / "case_001_0001.nii.gz").unlink()
+    report = check_dataset(discover_dataset(root), workers=1)
+    text = lines(report)
+    assert "case_001_0001.nii.gz: is missing: channel 1 (T1c) of case 'case_001'" in text
+    assert "case_001_0000.nii.gz: channel count 1 differs from the data set's 2" in text
+
+
+def test_label_values_outside_the_declared_regions_are_named(tmp_path):
+    root = make_decathlon(tmp_path / "ds", cases=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "whole": [1, 2], "core": [2]}
+    meta["regions_class_order"] = [1, 2]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    label = nib.load(root / "labelsTr" / "case_000.nii.gz")
+    data = np.asarray(label.dataobj).copy()
+    data[data == 1] = 3
+    nib.save(nib.Nifti1Image(data, label.affine), root / "labelsTr" / "case_000.nii.gz")
+    text = lines(check_dataset(discover_dataset(root), workers=1))
+    assert "case_000.nii.gz: mask has value(s) [3] outside the declared labels [0, 1, 2]" in text
+
+
+def test_a_uint16_ct_with_a_rescale_slope_reads_as_hounsfield_units(tmp_path):
+    from medseg.io import read_image
+
+    stored = np.random.default_rng(0).integers(0, 2000, (16, 16, 8)).astype(np.uint16)
+    nii = nib.Nifti1Image(stored, np.eye(4))
+    nii.header.set_slope_inter(1.0, -1024.0)
+    nib.save(nii, tmp_path / "ct.nii.gz")
+    image = read_image(tmp_path / "ct.nii.gz")
+    assert image.array.min() == int(stored.min()) - 1024 and image.array.max() == int(stored.max()) - 1024

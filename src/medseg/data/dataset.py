@@ -28,37 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.case import Case, Problem
 from medseg.data.label_values import consecutive_labels, to_class_values
+from medseg.data.layout_checks import check_training_list, missing_channel_files
 from medseg.data.regions import Region, is_region_labels, load_regions_file, parse_regions
 from medseg.errors import DatasetError, ImageReadError
 from medseg.io import CHANNEL_FILE, IMAGE_SUFFIXES, Image, image_stem, image_suffix, read_image
 
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "dataset.json", "split.json", "splits.json"}
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a data set: the file, what is wrong, and what to do."""
-
-    path: str
-    what: str
-    fix: str
-    case_id: str | None = None
-
-    def line(self) -> str:
-        return f"{self.path}: {self.what} ({self.fix})"
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {"path": self.path, "what": self.what, "fix": self.fix, "case_id": self.case_id}
-
-
-@dataclass
-class Case:
-    """One case: its channel files (one file may hold several channels) and its label file, if any."""
-
-    case_id: str
-    image_files: list[Path]
-    label_file: Path | None = None
 
 
 @dataclass
@@ -287,42 +264,11 @@ def _discover_decathlon(root: Path) -> Dataset:
             str(meta_path), f"says numTraining {expected} but imagesTr/ holds {len(cases)} cases",
             "fix numTraining or add the missing cases",
         ))
-    problems.extend(_check_training_list(meta, root, meta_path))
-    return Dataset(root, "decathlon", cases, test_images, labels, _channel_names(meta), None, problems,
+    problems.extend(check_training_list(meta, root, meta_path))
+    channel_names = _channel_names(meta)
+    problems.extend(missing_channel_files(cases + test_images, channel_names))
+    return Dataset(root, "decathlon", cases, test_images, labels, channel_names, None, problems,
                    meta.get("name", root.name), regions)
-
-
-def _check_training_list(meta: dict, root: Path, meta_path: Path) -> list[Problem]:
-    """Problems of ``dataset.json``'s ``training`` list: MSD's ``{"image": "x", "label": "y"}`` entries, or the
-    MONAI/Auto3DSeg datalist form where ``image`` is a list of channel files. Listed files must exist."""
-    training = meta.get("training", [])
-    if not isinstance(training, list):
-        return [Problem(str(meta_path), "'training' is not a list", 'write "training": [{"image": ..., "label": ...}]')]
-    problems = []
-    for index, entry in enumerate(training):
-        if not isinstance(entry, dict):
-            problems.append(Problem(str(meta_path), f"training entry {index} is not an object",
-                                    'write {"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}'))
-            continue
-        for key in ("image", "label"):
-            value = entry.get(key)
-            paths = value if isinstance(value, list) else [value]
-            for rel in paths:
-                if rel is None:
-                    continue
-                if not isinstance(rel, str):
-                    problems.append(Problem(str(meta_path), f"training entry {index}: {key} {rel!r} is not a file "
-                                            "name", "give a path relative to the data set folder, or a list of them"))
-                elif not (root / rel).exists() and not _channel_file_exists(root / rel):
-                    problems.append(Problem(str(meta_path), f"lists {rel}, which does not exist",
-                                            "fix the 'training' list or add the file"))
-    return problems
-
-
-def _channel_file_exists(path: Path) -> bool:
-    """MSD lists ``imagesTr/x.nii.gz`` even where the files are ``x_0000.nii.gz``."""
-    stem, suffix = image_stem(path), image_suffix(path)
-    return (path.parent / f"{stem}_0000{suffix}").exists()
 
 
 def _read_split(root: Path, dataset: Dataset) -> dict[str, list[str]] | None:
