@@ -267,3 +267,20 @@ def count_zip_opens(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
     return opened
+
+
+# Small valid files of every format the readers take (the limit and fuzz tests mutate or inflate them)
+def write_small_images(folder: Path) -> dict[str, Path]:
+    """One small valid file per reader, keyed by format: nii, nii.gz, nrrd, mha, png, tif, dcm (a one-slice
+    series alone in its folder) and zip (a three-slice series)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    volume = Image.from_array(rng.integers(0, 200, (1, 3, 4, 5)).astype(np.int16), spacing=(0.5, 0.75, 2.0))
+    plane = Image.from_array(rng.integers(0, 255, (1, 6, 7)).astype(np.uint8))
+    files = {name: write_image(volume, folder / f"small.{name}") for name in ("nii", "nii.gz", "nrrd", "mha")}
+    files.update({name: write_image(plane, folder / f"small.{name}") for name in ("png", "tif")})
+    write_series(folder / "one_slice", n=1)
+    files["dcm"] = next((folder / "one_slice").iterdir())
+    write_series(folder / "series", n=3)
+    files["zip"] = zip_folder(folder / "series", folder / "series.zip")
+    return files

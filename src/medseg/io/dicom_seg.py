@@ -34,8 +34,9 @@ from medseg.errors import ImageReadError, MedsegError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_archive import DicomArchive
 from medseg.io.dicom_series import image_from_slices, read_series, read_series_slices, scan_series, select_series
-from medseg.io.dicom_volume import sop_instance_uid
+from medseg.io.dicom_volume import check_pixel_extents, pixel_extent, sop_instance_uid
 from medseg.io.image import Image
+from medseg.io.limits import ReadLimits
 
 if TYPE_CHECKING:
     from highdicom.seg import Segmentation
@@ -118,6 +119,8 @@ def _load_seg(path: Path) -> Segmentation:
             path,
             "read image series with read_dicom_series",
         )
+    extent = pixel_extent(dataset, str(path))  # frames are decoded by highdicom: size them first
+    check_pixel_extents([(str(path), path.stat().st_size, extent)], "DICOM SEG", path, ReadLimits())
     try:
         return hd.seg.Segmentation.from_dataset(dataset, copy=False)
     except Exception as exc:  # highdicom validates many attributes, each with its own error

@@ -32,14 +32,19 @@ from pydicom.dataset import Dataset
 from medseg.errors import ImageReadError
 from medseg.io.dicom_archive import ArchiveMember, DicomArchive
 from medseg.io.dicom_volume import (
+    PixelExtent,
     SeriesSlice,
     check_consistent_slices,
+    check_pixel_extents,
+    malformed_attributes,
+    pixel_extent,
     series_geometry,
     sop_instance_uid,
     sort_slices,
     stack_pixels,
 )
 from medseg.io.image import Image
+from medseg.io.limits import ReadLimits
 
 __all__ = [
     "DicomSeries",
@@ -88,6 +93,7 @@ class DicomSeries:
 
     info: DicomSeriesInfo
     members: tuple[ArchiveMember, ...] = field(repr=False)
+    extents: tuple[PixelExtent, ...] = field(default=(), repr=False)  # from each member's header, in order
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,7 +120,9 @@ def scan_series(archive: DicomArchive) -> list[DicomSeries]:
         if header is None or not _is_image(header, member):
             continue
         groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((member, header))
-    found = [DicomSeries(_series_info(uid, items), tuple(m for m, _ in items)) for uid, items in groups.items()]
+    with malformed_attributes(archive.path, "DICOM headers"):
+        found = [DicomSeries(_series_info(uid, items), tuple(m for m, _ in items),
+                             tuple(pixel_extent(h, m.location) for m, h in items)) for uid, items in groups.items()]
     return sorted(found, key=lambda series: _series_sort_key(series.info))
 
 
@@ -174,7 +182,7 @@ def _frame_count(header: Dataset) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_dicom_series(path: str | Path, series_uid: str | None = None) -> Image:
+def read_dicom_series(path: str | Path, series_uid: str | None = None, limits: ReadLimits | None = None) -> Image:
     """Read one DICOM image series from a folder (recursively) or ``.zip`` archive as a (C, Z, Y, X) Image.
 
     With several image series present (SEG objects do not count) ``series_uid`` must name one. Stored values
@@ -182,9 +190,9 @@ def read_dicom_series(path: str | Path, series_uid: str | None = None) -> Image:
     intercept is not whole, a signed integer type (int16 when it fits, else int32) for integer rescales, and
     the stored type when there is no rescale. ``meta`` holds "format", "series_instance_uid",
     "study_instance_uid", "modality", "series_description", "sop_instance_uids" and "source_files" (both in
-    slice order).
+    slice order). The series' size is checked against ``limits`` from the headers before any pixel is read.
     """
-    with DicomArchive(path) as archive:
+    with DicomArchive(path, limits) as archive:
         return read_series(archive, select_series(scan_series(archive), archive.path, series_uid))
 
 
@@ -224,7 +232,8 @@ def read_series(archive: DicomArchive, series: DicomSeries) -> Image:
 def read_series_slices(archive: DicomArchive, series: DicomSeries) -> list[SeriesSlice]:
     """The series' files read in full (pixels not yet decoded), checked for consistency, in slice order.
 
-    Multi-frame images (enhanced CT/MR, one file per volume) are refused before any pixels are read.
+    Multi-frame images (enhanced CT/MR, one file per volume), and series larger than ``archive.limits`` allow,
+    are refused before any pixels are read.
     """
     info = series.info
     if info.num_slices != info.num_files:
@@ -234,16 +243,23 @@ def read_series_slices(archive: DicomArchive, series: DicomSeries) -> list[Serie
             archive.path,
             "convert it to single-frame DICOM or NIfTI (e.g. with dcm2niix) first",
         )
+    if series.extents:
+        files = [(m.location, m.size, e) for m, e in zip(series.members, series.extents, strict=True)]
+        check_pixel_extents(files, f"series {info.summary()}", archive.path, archive.limits)
     datasets = [archive.read_dataset(member, headers_only=False) for member in series.members]
     slices = [(m, ds) for m, ds in zip(series.members, datasets, strict=True) if ds is not None]
-    check_consistent_slices(slices, f"series {info.summary()}")
-    return sort_slices(slices)
+    if not slices:
+        raise ImageReadError(f"series {info.summary()}: no file is DICOM any more", archive.path, "read it again")
+    with malformed_attributes(archive.path, f"series {info.summary()}"):
+        check_consistent_slices(slices, f"series {info.summary()}")
+        return sort_slices(slices)
 
 
 def image_from_slices(slices: list[SeriesSlice], series: DicomSeries, path: Path) -> Image:
     """The Image of sorted slices from :func:`read_series_slices`: geometry, decoded and rescaled pixels, meta."""
     info = series.info
-    spacing, origin, direction = series_geometry([ds for _, ds in slices], f"series {info.summary()}", path)
+    with malformed_attributes(path, f"series {info.summary()}"):
+        spacing, origin, direction = series_geometry([ds for _, ds in slices], f"series {info.summary()}", path)
     meta = {
         "format": "dicom",
         "series_instance_uid": info.series_instance_uid,

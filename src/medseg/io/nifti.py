@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import gzip
-import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import HeaderDataError
 
 from medseg.errors import ImageReadError
 from medseg.io.atomic import atomic_path
 from medseg.io.image import Image
+from medseg.io.limits import ReadLimits, check_decoded, decode_errors
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def read_nifti(path: Path) -> Image:
+def read_nifti(path: Path, limits: ReadLimits | None = None) -> Image:
     """Read a 3D (one channel) or 4D (channels last in the file) NIfTI as channels-first ``(C, Z, Y, X)``.
 
-    2D NIfTI files (a singleton third axis) stay 3D with one slice, to keep their affine exact.
+    2D NIfTI files (a singleton third axis) stay 3D with one slice, to keep their affine exact. The header is
+    checked against ``limits`` before any voxel is read.
     """
+    _check_header(path, _read_header(path), limits or ReadLimits())
     try:
-        nii = nib.load(str(path))
-        data = np.asanyarray(nii.dataobj)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        with decode_errors(path, "NIfTI"):
+            nii = nib.load(str(path))
+            data = np.asanyarray(nii.dataobj)
+    except (nib.filebasedimages.ImageFileError, HeaderDataError) as exc:
         raise ImageReadError(
             f"cannot read NIfTI ({type(exc).__name__}: {exc})",
             path,
@@ -46,6 +50,38 @@ def read_nifti(path: Path) -> Image:
     direction = linear / spacing[None, :]
     meta = {"format": "nifti", "affine_ras": nii.affine.tolist(), "nifti_dtype": str(nii.get_data_dtype())}
     return Image(array, tuple(spacing), tuple(affine_lps[:3, 3]), tuple(direction.ravel()), meta)
+
+
+def _read_header(path: Path) -> nib.Nifti1Header:
+    """The NIfTI-1 or NIfTI-2 header alone, from the first 540 bytes (nib.load would also read the extensions)."""
+    with decode_errors(path, "NIfTI header"):
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            block = handle.read(nib.Nifti2Header.sizeof_hdr)
+        for kind in (nib.Nifti1Header, nib.Nifti2Header):
+            if kind.may_contain_header(block):
+                return kind(block[: kind.sizeof_hdr], check=False)
+    raise ImageReadError(
+        "cannot read NIfTI (no NIfTI-1 or NIfTI-2 header)", path, "the file is truncated or not NIfTI; re-export it"
+    )
+
+
+def _check_header(path: Path, header: nib.Nifti1Header, limits: ReadLimits) -> None:
+    """Refuse unsupported or oversized data from the header: shape, sample type and data offset."""
+    try:
+        shape = header.get_data_shape()
+        dtype = header.get_data_dtype()
+        offset = int(header.get_data_offset())
+        slope, inter = header.get_slope_inter()
+    except (HeaderDataError, KeyError, ValueError, OverflowError) as exc:
+        raise ImageReadError(f"cannot read NIfTI (corrupt header: {exc})", path, "re-export the file") from None
+    if not 2 <= len(shape) <= 4:
+        raise ImageReadError(f"NIfTI with {len(shape)} axes is not supported", path, "give 3D or 4D (channels) data")
+    compressed = path.name.lower().endswith(".gz")
+    scaled = (slope, inter) not in ((None, None), (1.0, 0.0))  # nibabel then returns float64
+    kind = f"{dtype} voxels{', scaled to float64' if scaled else ''}"
+    check_decoded(path, shape, dtype.itemsize, path.stat().st_size, compressed, limits, offset, kind,
+                  decoded_itemsize=8 if scaled else None)
 
 
 def image_affine_ras(image: Image) -> np.ndarray:

@@ -8,6 +8,7 @@ prediction back on the scan's grid.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from medseg.data import Case, Dataset, load_case_image, load_case_label
-from medseg.io import Image
+from medseg.errors import MedsegError
+from medseg.io import Image, ReadLimits
 from medseg.io.atomic import atomic_path, write_text_atomic
 from medseg.plan import ChannelNorm, Plan
 
@@ -79,6 +81,24 @@ def resampled_shape(shape: list[int] | tuple[int, ...], spacing: list[float] | t
     return [max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target)]
 
 
+def check_resampled_shape(new_shape: list[int], channels: int, spacing: list[float] | tuple[float, ...],
+                          target: list[float], max_voxels: int | None = None, case_id: str = "") -> None:
+    """Refuse a resampling whose result would exceed ``max_voxels`` (default ``ReadLimits().max_voxels``).
+
+    A header spacing of 50 mm resampled to 0.5 mm makes 10**6 times the voxels: refused before allocating them.
+    """
+    limit = max_voxels if max_voxels is not None else ReadLimits().max_voxels
+    voxels = math.prod(new_shape) * channels
+    if voxels > limit:
+        raise MedsegError(
+            f"resampling from spacing {list(spacing)} mm to the plan's target spacing {list(target)} mm gives shape "
+            f"{list(new_shape)} x {channels} channel(s) = {voxels:,} voxels, over the limit of {limit:,} "
+            "(ReadLimits.max_voxels)",
+            case_id or None,
+            "check the image's spacing in its header; if it is right, pass a larger max_voxels",
+        )
+
+
 def resample_data(data: np.ndarray, new_shape: list[int] | tuple[int, ...]) -> np.ndarray:
     """Linear (bi/trilinear) resampling of a channels-first float array."""
     if not _needs_resampling(data.shape[1:], new_shape):
@@ -106,14 +126,18 @@ def resample_labels(labels: np.ndarray, new_shape: list[int] | tuple[int, ...]) 
 
 
 def preprocess_image(
-    image: Image, plan: Plan, label: np.ndarray | None = None, case_id: str = ""
+    image: Image, plan: Plan, label: np.ndarray | None = None, case_id: str = "", *, max_voxels: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
-    """Crop, resample and normalise one image (and its label map) as the plan says."""
+    """Crop, resample and normalise one image (and its label map) as the plan says.
+
+    A resampled shape over ``max_voxels`` (default ``ReadLimits().max_voxels``, all channels) is refused.
+    """
     data = image.array
     bbox = nonzero_bbox(data) if plan.crop_to_nonzero else [[0, s] for s in image.shape]
     slices = (slice(None),) + tuple(slice(a, b) for a, b in bbox)
     data = data[slices]
     new_shape = resampled_shape(data.shape[1:], image.spacing_zyx, plan.target_spacing)
+    check_resampled_shape(new_shape, data.shape[0], image.spacing_zyx, plan.target_spacing, max_voxels, case_id)
     data = normalize(data, plan.normalization)
     data = resample_data(data, new_shape)
     seg = None
@@ -167,7 +191,7 @@ def _is_cached(folder: Path, case: Case) -> bool:
 def _preprocess_to_cache(args: tuple[Case, Plan, Path]) -> str:
     case, plan, folder = args
     image = load_case_image(case)
-    label = load_case_label(case).array[0] if case.label_file is not None else None
+    label = load_case_label(case, plan.label_values).array[0] if case.label_file is not None else None
     data, seg, props = preprocess_image(image, plan, label, case.case_id)
     with atomic_path(folder / f"{case.case_id}.npy") as tmp:
         np.save(tmp, data)
