@@ -11,7 +11,7 @@ import numpy as np
 from builders import make_2d_dataset, tiny_plan
 from medseg.data import check_dataset, discover_dataset
 from medseg.data.label_values import consecutive_labels, to_class_values, to_disk_values
-from medseg.io import Image, read_image, write_image
+from medseg.io import read_image, write_image
 
 
 def as_0_255(root: Path) -> Path:

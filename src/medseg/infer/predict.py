@@ -26,7 +26,7 @@ from medseg.data.label_values import to_disk_values
 from medseg.errors import MedsegError
 from medseg.infer.outputs import labels_from_probabilities, probabilities_from_logits
 from medseg.infer.restore import restore_labels, restore_maps
-from medseg.infer.sliding import predict_logits
+from medseg.infer.sliding import Cancelled, predict_logits
 from medseg.io import Image
 from medseg.postprocess import PostprocessConfig, apply_postprocessing, apply_thresholds, load_postprocessing
 from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, measure_components
@@ -129,6 +129,8 @@ class Predictor:
         self.check_input(image, source)
         data, _, props = preprocess_image(image, self.plan)
         probabilities = probabilities_from_logits(self.logits(torch.from_numpy(data), should_stop), self.plan)
+        if should_stop is not None and should_stop():
+            raise Cancelled("stopped after the sliding window")
         thresholds = self.postprocess.thresholds if self.postprocess and not self.plan.regions else {}
 
         def decide(p: torch.Tensor) -> torch.Tensor:

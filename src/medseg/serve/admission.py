@@ -1,9 +1,10 @@
-"""What the service lets in: the upload size limit, the bounded slots for cases (running + waiting), and the
-Prometheus metrics that count requests, cases and drift.
+"""What the service lets in and how it is watched: the bounded slots for cases (running + waiting), the
+Prometheus metrics that count requests, cases and drift, and :class:`Observe`, the middleware that counts and logs
+every request.
 
-The size limit is enforced twice: :func:`observe` refuses a POST whose declared ``Content-Length`` is clearly over
-it before the body is read, and :func:`medseg.serve.cases.save_upload` counts the bytes actually received (a
-client may send no length or a false one).
+The upload size limit is enforced twice: :class:`medseg.serve.guard.Guard` refuses a body whose declared or
+received size passes it (plus the multipart framing) before it is spooled, and
+:func:`medseg.serve.cases.save_upload` holds the file itself to it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("medseg.serve")
 
@@ -76,21 +78,42 @@ class Metrics:
         self.queue.set(admission.waiting)
 
 
-async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """HTTP middleware: a request id, the early 413 on a declared oversize upload, and per-route counts,
-    latency and a log line (no file names or image content)."""
-    config, metrics = request.app.state.config, request.app.state.metrics
-    start = time.perf_counter()
-    request_id = uuid.uuid4().hex[:12]
-    length = request.headers.get("content-length")
-    if request.method == "POST" and length and length.isdigit() and int(length) > config.max_upload_bytes + CHUNK:
-        response: Response = JSONResponse({"detail": too_large(config.max_upload_bytes)}, status_code=413)
-    else:
-        response = await call_next(request)
-    route = getattr(request.scope.get("route"), "path", "unmatched")
-    seconds = time.perf_counter() - start
-    metrics.requests.labels(route, str(response.status_code)).inc()
-    metrics.latency.labels(route).observe(seconds)
-    response.headers["X-Request-ID"] = request_id
-    log.info("request %s %s %s -> %d in %.3f s", request_id, request.method, route, response.status_code, seconds)
-    return response
+def route_label(scope: Scope, routes: Sequence[BaseRoute] = ()) -> str:
+    """The route's path template (bounded label values, never a raw path); for a request refused before routing,
+    the template of the first of ``routes`` its path and method match."""
+    route = scope.get("route")
+    if route is None:
+        route = next((r for r in routes if r.matches(scope)[0] is Match.FULL), None)
+    return getattr(route, "path", "unmatched")
+
+
+class Observe:
+    """Pure ASGI middleware, outermost: a request id, per-route counts, latency and a log line (no file names or
+    image content), for every request, those the guard refuses included (labelled by the template among
+    ``routes`` that they match)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute] = ()) -> None:
+        self.app, self.metrics, self.routes = app, metrics, list(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        request_id = uuid.uuid4().hex[:12]
+        status = 500  # what the client gets when the app fails before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route, seconds = route_label(scope, self.routes), time.perf_counter() - start
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(seconds)
+            log.info("request %s %s %s -> %d in %.3f s", request_id, scope["method"], route, status, seconds)

@@ -1,9 +1,11 @@
 """One case, from upload to answer: the scan saved into its own private folder, admitted to a slot, segmented by
-a worker thread, and encoded as the mask file or the JSON answer.
+a worker thread (stopped when its request gives up or its time is up, see :mod:`medseg.serve.cancel`), and
+encoded as the mask file or the JSON answer.
 
 Every case lives in a fresh 0700 folder under the service's root (``mkdtemp``), deleted as soon as the case ends;
-an upload's name only picks the format (its suffix), never a path. Errors a client can fix are
-:class:`ClientError`; the service turns them into HTTP answers without server paths.
+an upload's name only picks the format (its suffix), never a path, and it is read within
+``ServeConfig.read_limits``. Errors a client can fix are :class:`ClientError`; the service turns them into HTTP
+answers without server paths. JSON answers go through :class:`FiniteJSONResponse`: never a ``NaN``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import asyncio
 import copy
 import dataclasses
 import json
+import math
+import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +33,12 @@ from fastapi.responses import JSONResponse, Response
 from medseg.bundle import Bundle, load_bundle
 from medseg.errors import MedsegError
 from medseg.infer.predict import PredictOptions, Predictor
+from medseg.infer.sliding import Cancelled
 from medseg.io import image_suffix, read_image, write_image
+from medseg.io.limits import ReadLimits
 from medseg.io.raster import LOSSY_SUFFIXES
 from medseg.serve.admission import CHUNK, Admission, Metrics, too_large
+from medseg.serve.cancel import ClientGone, Stop, Submitted, wait_case
 from medseg.serve.config import ServeConfig
 from medseg.serve.drift import DriftReference
 from medseg.serve.viewer import list_examples, view_payload
@@ -64,7 +72,7 @@ class Served:
         folds = {k: {key: v.get(key) for key in ("val_dice", "val_dice_mean", "cases", "steps", "elapsed_s")
                      if key in v} for k, v in metrics.get("folds", {}).items()}
         return {"name": self.name, "version": plan.medseg_version, "dataset": plan.dataset_name,
-                "labels": {str(k): v for k, v in plan.labels.items()},
+                "labels": {str(k): v for k, v in plan.disk_labels.items()},
                 "channels": {"count": plan.channels, "names": {str(k): v for k, v in plan.channel_names.items()}},
                 "dimension": plan.data_dim, "model": plan.model, "folds": self.bundle.folds,
                 "backend": self.predictor.options.backend, "tta": self.predictor.tta,
@@ -120,9 +128,10 @@ def mask_suffix(suffix: str) -> str:
     return ".png" if suffix in LOSSY_SUFFIXES else suffix
 
 
-def error_text(error: MedsegError) -> str:
-    """The error without the server-side temporary path."""
-    return error.what + (f" ({error.fix})" if error.fix else "")
+def error_text(error: MedsegError, folder: Path | None = None) -> str:
+    """The error without the server-side temporary path (nor ``folder``, should a message quote it)."""
+    text = error.what + (f" ({error.fix})" if error.fix else "")
+    return text.replace(f"{folder}{os.sep}", "").replace(str(folder), "upload") if folder is not None else text
 
 
 def uncertainty_summary(uncertainty: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -139,21 +148,23 @@ def with_options(predictor: Predictor, **changes: Any) -> Predictor:
     return other
 
 
-def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view: bool = False) -> CaseResult:
-    """Read, check, segment and encode one uploaded scan (runs in a worker thread); with ``view``, also the
-    viewer's display copy of scan, labels and uncertainty."""
-    try:
-        image = read_image(upload)
+def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view: bool = False,
+             should_stop: Callable[[], bool] | None = None, limits: ReadLimits | None = None) -> CaseResult:
+    """Read (within ``limits``), check, segment and encode one uploaded scan (runs in a worker thread); with
+    ``view``, also the viewer's display copy of scan, labels and uncertainty. ``should_stop`` ends the prediction
+    early with :class:`~medseg.infer.sliding.Cancelled` (see :mod:`medseg.serve.cancel`)."""
+    try:  # limits None: the readers' defaults (medseg.io.limits)
+        image = read_image(upload, limits=limits)
     except MedsegError as error:
-        raise ClientError(400, f"cannot read the upload: {error_text(error)}") from None
+        raise ClientError(400, f"cannot read the upload: {error_text(error, upload.parent)}") from None
     predictor = served.predictor
     try:
         predictor.check_input(image)
-    except MedsegError as error:
-        raise ClientError(422, error_text(error)) from None
+    except MedsegError as error:  # wrong dimension or channels, NaN or infinite voxels
+        raise ClientError(422, error_text(error, upload.parent)) from None
     if uncertainty and not predictor.options.uncertainty:
         predictor = with_options(predictor, uncertainty=True)
-    result = predictor.predict(image)
+    result = predictor.predict(image, should_stop=should_stop)
     labels = result.labels.array[0]
     drift = served.drift.check(image, labels)
     body: dict[str, Any] = {"model": served.name, "volumes": result.volumes, "components": result.components,
@@ -169,7 +180,7 @@ def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view:
         plan = served.bundle.plan
         modality = "ct" if any(n.scheme == "ct" for n in plan.normalization) else "other"
         shown = view_payload(image, labels, None if result.uncertainty is None else result.uncertainty.array[0],
-                             plan.labels, modality)
+                             plan.disk_labels, modality)
     return CaseResult(body, out.read_bytes(), suffix_out, shown)
 
 
@@ -220,77 +231,141 @@ def mask_response(mask: bytes, suffix: str, headers: dict[str, str]) -> Response
                     headers=headers | {"Content-Disposition": f'attachment; filename="mask{suffix}"'})
 
 
+def finite(value: Any) -> Any:
+    """``value`` with each float that is not finite (NaN, infinity) replaced by None, in dicts, lists and tuples
+    at any depth: JSON without the non-standard ``NaN`` (which many clients cannot parse)."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
+class FiniteJSONResponse(JSONResponse):
+    """Every JSON answer of the service: floats that are not finite become ``null``; never ``NaN``."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
 def answer(result: CaseResult, want_json: bool) -> Response:
     """The mask file (or the JSON body), with the drift flag and volumes as headers either way."""
     headers = {"X-Medseg-Drift": str(result.body["drift"]["flag"]).lower(),
-               "X-Medseg-Volumes": json.dumps(result.body["volumes"])}
+               "X-Medseg-Volumes": json.dumps(finite(result.body["volumes"]), allow_nan=False)}
     if want_json:
-        return JSONResponse(result.body, headers=headers)
+        return FiniteJSONResponse(result.body, headers=headers)
     return mask_response(result.mask, result.suffix, headers)
+
+
+def timed_out(timeout_s: float) -> str:
+    return f"segmentation took longer than {timeout_s:g} s and was stopped"
 
 
 class CaseRunner:
     """Takes cases in (private folders under ``root``), admits them to the bounded slots and runs them on
-    ``max_concurrency`` worker threads, counting outcomes in ``metrics``."""
+    ``max_concurrency`` worker threads, counting outcomes in ``metrics``; each case can be stopped (see
+    :mod:`medseg.serve.cancel`)."""
 
     def __init__(self, config: ServeConfig, admission: Admission, metrics: Metrics, root: Path,
                  examples: Path | None) -> None:
         self.config, self.admission, self.metrics = config, admission, metrics
         self.root, self.examples = root, examples
         self.executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="medseg-case")
+        self.live: set[Submitted] = set()  # admitted and not ended
+        self.lock = threading.Lock()
 
     async def take_input(self, file: UploadFile | None, example: str | None) -> tuple[Path, str]:
         return await take_input(file, example, self.examples, self.root, self.config.max_upload_bytes)
 
     def submit(self, served: Served, path: Path, suffix: str, uncertainty: bool,
-               on_start: Callable[[], None] | None = None, view: bool = False) -> Future:
-        """Run the case saved at ``path`` in a worker; 503 (its folder deleted) when every slot is taken. The
-        slot and the folder are freed when the case ends, however it ends."""
+               on_start: Callable[[], None] | None = None, view: bool = False,
+               timeout_s: float | None = None) -> Submitted:
+        """Run the case saved at ``path`` in a worker, stopped ``timeout_s`` seconds after it starts (a job's
+        failure then says 504); 503 (its folder deleted) when every slot is taken. The slot and the folder are
+        freed when the case ends, however it ends."""
         admission, metrics = self.admission, self.metrics
         if not admission.try_acquire():
             shutil.rmtree(path.parent, ignore_errors=True)
             raise ClientError(503, "busy: too many scans queued, retry later",
                               headers={"Retry-After": str(self.config.retry_after_s)})
         metrics.show(admission)
+        stop = Stop()
 
         def work() -> CaseResult:
+            stop.begin(timeout_s)
             metrics.show(admission)
             if on_start is not None:
                 on_start()
-            try:
-                result = run_case(served, path, suffix, uncertainty, **({"view": True} if view else {}))
-            except ClientError:
-                metrics.cases.labels(served.name, "rejected").inc()
-                raise
-            except Exception:
-                metrics.cases.labels(served.name, "error").inc()
-                raise
-            metrics.cases.labels(served.name, "ok").inc()
-            if result.body["drift"]["flag"]:
-                metrics.drift.labels(served.name).inc()
-            return result
+            return self.segment(served, path, suffix, uncertainty, view, stop, timeout_s)
 
-        future = self.executor.submit(work)
-
-        def done(_: Future) -> None:
+        def done(_: Future | None = None) -> None:
+            with self.lock:
+                self.live.discard(case)
             admission.release()
             metrics.show(admission)
             shutil.rmtree(path.parent, ignore_errors=True)
 
-        future.add_done_callback(done)
-        return future
+        try:
+            case = Submitted(self.executor.submit(work), stop)
+        except RuntimeError:  # the executor was shut down: the service is stopping
+            case = Submitted(Future(), stop)
+            done()
+            raise ClientError(503, "the service is shutting down", headers={
+                "Retry-After": str(self.config.retry_after_s)}) from None
+        with self.lock:
+            self.live.add(case)
+        case.future.add_done_callback(done)
+        return case
+
+    def segment(self, served: Served, path: Path, suffix: str, uncertainty: bool, view: bool, stop: Stop,
+                timeout_s: float | None) -> CaseResult:
+        """:func:`run_case` with its outcome counted: ok, rejected (a client error), cancelled or error."""
+        cases = self.metrics.cases
+        try:
+            if stop():
+                raise Cancelled("stopped before it started")
+            result = run_case(served, path, suffix, uncertainty, view=view, should_stop=stop,
+                              limits=self.config.read_limits)
+        except Cancelled:
+            cases.labels(served.name, "cancelled").inc()
+            if stop.expired() and timeout_s is not None:
+                raise ClientError(504, timed_out(timeout_s)) from None
+            raise
+        except ClientError:
+            cases.labels(served.name, "rejected").inc()
+            raise
+        except Exception:
+            cases.labels(served.name, "error").inc()
+            raise
+        cases.labels(served.name, "ok").inc()
+        if result.body["drift"]["flag"]:
+            self.metrics.drift.labels(served.name).inc()
+        return result
 
     async def run(self, served: Served, file: UploadFile | None, example: str | None, uncertainty: bool,
-                  view: bool = False) -> CaseResult:
-        """One case answered in this request: 504 past ``request_timeout_s`` (the case still holds its slot
-        until it really stops)."""
+                  view: bool = False, disconnected: Callable[[], Awaitable[bool]] | None = None) -> CaseResult:
+        """One case answered in this request: 504 past ``request_timeout_s`` (counted from admission, waiting
+        included). When the request gives up (timed out, ``disconnected()`` said the client left, or it was
+        cancelled) the case is stopped: dropped from the queue, or ended at its next check."""
         path, suffix = await self.take_input(file, example)
-        future = self.submit(served, path, suffix, uncertainty, view=view)
         timeout = self.config.request_timeout_s
+        case = self.submit(served, path, suffix, uncertainty, view=view, timeout_s=timeout)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout=timeout)
+            return await wait_case(case.future, timeout, disconnected)
         except asyncio.TimeoutError:
-            raise ClientError(504, f"segmentation took longer than {timeout:g} s") from None
+            raise ClientError(504, timed_out(timeout)) from None
+        except ClientGone:
+            raise ClientError(499, "the client closed the request; its case was stopped") from None
+        finally:
+            if not case.future.done():
+                case.cancel()
 
     def shutdown(self) -> None:
+        """Drop the waiting cases and stop the running ones at their next check."""
+        with self.lock:
+            live = list(self.live)
+        for case in live:
+            case.stop.set()
         self.executor.shutdown(wait=False, cancel_futures=True)

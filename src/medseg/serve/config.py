@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medseg.errors import MedsegError
+from medseg.io.limits import ReadLimits
 
 
 @dataclass
@@ -19,11 +20,14 @@ class ServeConfig:
     max_queue: int = 4  # cases waiting; more get 503
     retry_after_s: int = 5
     job_ttl_s: float = 3600.0  # finished jobs (and their result files) are kept this long
+    job_timeout_s: float = 3600.0  # a job running longer is stopped and fails with 504
+    max_jobs: int = 100  # jobs kept at most (finished ones are dropped oldest first to make room; else 503)
     backend: str = "torch"
     tta: bool | None = None
     examples: str | Path | None = None  # a folder of scans the viewer offers by name (``--examples``)
     view_ttl_s: float = 900.0  # a viewer's mask stays downloadable this long
     view_cache_size: int = 16  # masks kept for download at most (oldest dropped first)
+    read_limits: ReadLimits | None = None  # how large an upload may decode (None: medseg.io.limits' defaults)
 
 
 def load_token(token_file: str | Path | None = None) -> str | None:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from medseg.serve.admission import Admission, Metrics
 from medseg.serve.cases import CaseRunner, Served
 from medseg.serve.config import ServeConfig
+from medseg.serve.guard import CHALLENGE, UNAUTHORIZED, token_matches
 from medseg.serve.jobs import JobStore
 from medseg.serve.viewer import ViewCache
 
@@ -47,13 +46,10 @@ def get_views(request: Request) -> ViewCache:
 
 def authorize(config: ServeConfig = Depends(get_config),
               credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-    """401 unless the bearer token matches (constant-time compare); open when the service has no token."""
-    if config.token is None:
-        return
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), config.token.encode()):
-        raise HTTPException(401, "missing or wrong API token: send 'Authorization: Bearer <token>'",
-                            headers={"WWW-Authenticate": "Bearer"})
+    """401 unless the bearer token matches (constant-time compare); open when the service has no token. A request
+    with a body has been checked the same way before it was read (:class:`medseg.serve.guard.Guard`)."""
+    if not token_matches(config.token, credentials.credentials if credentials is not None else None):
+        raise HTTPException(401, UNAUTHORIZED, headers=CHALLENGE)
 
 
 def find_model(models: dict[str, Served], name: str) -> Served:

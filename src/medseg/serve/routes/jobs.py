@@ -20,15 +20,20 @@ async def submit_job(name: str, file: UploadFile | None = File(None),
                      format: str = Query("file", pattern="^(file|json)$"), uncertainty: bool = Query(False),
                      example: str | None = Query(None, description="a file of /v1/examples instead of an upload"),
                      models: dict[str, Served] = Depends(get_models), runner: CaseRunner = Depends(get_runner),
-                     jobs: JobStore = Depends(get_jobs)) -> dict[str, Any]:
-    """Queue one scan; poll ``GET /v1/jobs/{id}``, then fetch ``/v1/jobs/{id}/result``."""
+                     jobs: JobStore = Depends(get_jobs), config: ServeConfig = Depends(get_config)) -> dict[str, Any]:
+    """Queue one scan; poll ``GET /v1/jobs/{id}``, then fetch ``/v1/jobs/{id}/result``. A job may run
+    ``job_timeout_s`` seconds; 503 with ``Retry-After`` when the slots or the job store are full."""
     served = find_model(models, name)
     jobs.prune()
-    path, suffix = await runner.take_input(file, example)
     job = jobs.new(served.name, format == "json")
-    future = runner.submit(served, path, suffix, uncertainty, job.start)
-    jobs.add(job)
-    future.add_done_callback(job.finish)
+    jobs.add(job)  # its place is taken before the upload is copied
+    try:
+        path, suffix = await runner.take_input(file, example)
+        case = runner.submit(served, path, suffix, uncertainty, job.start, timeout_s=config.job_timeout_s)
+    except BaseException:
+        jobs.discard(job.id)
+        raise
+    case.future.add_done_callback(job.finish)
     return job.describe()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from medseg.serve.cases import CaseRunner, Served, answer
@@ -22,8 +22,9 @@ def list_models(models: dict[str, Served] = Depends(get_models)) -> list[dict[st
 @router.post("/v1/models/{name}/segment", tags=["segment"],
              responses={200: {"content": {"application/gzip": {}, "image/png": {}, "application/json": {}},
                               "description": "the mask (the input's format; NIfTI for DICOM) or JSON"}})
-async def segment(name: str, file: UploadFile | None = File(None, description="NIfTI, PNG/JPEG/TIFF, or a "
-                                                                              ".zip of one DICOM series"),
+async def segment(request: Request, name: str,
+                  file: UploadFile | None = File(None, description="NIfTI, PNG/JPEG/TIFF, or a .zip of one DICOM "
+                                                                   "series"),
                   format: str = Query("file", pattern="^(file|json)$", description="file: the mask; json: "
                                       "volumes per label and the drift check"),
                   uncertainty: bool = Query(False, description="add an uncertainty summary (JSON)"),
@@ -33,4 +34,5 @@ async def segment(name: str, file: UploadFile | None = File(None, description="N
                   runner: CaseRunner = Depends(get_runner)) -> Response:
     """Segment one scan and answer with its mask, or with JSON volumes (``?format=json``)."""
     served = find_model(models, name)
-    return answer(await runner.run(served, file, example, uncertainty), format == "json")
+    result = await runner.run(served, file, example, uncertainty, disconnected=request.is_disconnected)
+    return answer(result, format == "json")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import Response
 
-from medseg.serve.cases import UPLOAD_SUFFIXES, CaseRunner, Served, mask_response
+from medseg.serve.cases import UPLOAD_SUFFIXES, CaseRunner, FiniteJSONResponse, Served, mask_response
 from medseg.serve.config import ServeConfig
 from medseg.serve.dependencies import authorize, find_model, get_config, get_models, get_runner, get_views
 from medseg.serve.viewer import ViewCache, list_examples
@@ -18,20 +18,22 @@ router = APIRouter(dependencies=[Depends(authorize)])
 
 
 @router.post("/v1/models/{name}/view", tags=["viewer"])
-async def view(name: str, file: UploadFile | None = File(None, description="as for segment"),
+async def view(request: Request, name: str,
+               file: UploadFile | None = File(None, description="as for segment"),
                uncertainty: bool = Query(False, description="add the uncertainty map"),
                example: str | None = Query(None, description="a file of /v1/examples instead of an upload"),
                models: dict[str, Served] = Depends(get_models), runner: CaseRunner = Depends(get_runner),
-               views: ViewCache = Depends(get_views), config: ServeConfig = Depends(get_config)) -> JSONResponse:
+               views: ViewCache = Depends(get_views), config: ServeConfig = Depends(get_config)) -> Response:
     """Segment one scan for the web viewer: the JSON answer of segment (volumes from the full-resolution
     labels), a display copy (``view``: scan channels as base64 little-endian int16 with slope/intercept,
     labels, uncertainty as uint8, legend) and ``mask_url``, where the mask in the input's format can be
     fetched until ``expires_s`` seconds have passed."""
-    result = await runner.run(find_model(models, name), file, example, uncertainty, view=True)
+    result = await runner.run(find_model(models, name), file, example, uncertainty, view=True,
+                              disconnected=request.is_disconnected)
     key = views.put(result.mask, result.suffix)
-    return JSONResponse({"result": result.body, "view": result.view, "mask_url": f"/v1/views/{key}/mask",
-                         "mask_filename": f"mask{result.suffix}", "expires_s": config.view_ttl_s},
-                        headers=PRIVATE)
+    return FiniteJSONResponse({"result": result.body, "view": result.view, "mask_url": f"/v1/views/{key}/mask",
+                               "mask_filename": f"mask{result.suffix}", "expires_s": config.view_ttl_s},
+                              headers=PRIVATE)
 
 
 @router.get("/v1/views/{key}/mask", tags=["viewer"])
