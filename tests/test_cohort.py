@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import blob_case, free_port, run_cli
+from builders import blob_case, run_cli, run_ranks
 from medseg.bundle import load_bundle
 from medseg.infer import cohort
 from medseg.infer.cohort import JOURNAL_FOLDER, MANIFEST_FILE, predict_paths
@@ -40,12 +40,14 @@ def test_one_bad_case_is_listed_and_every_other_case_is_written(tmp_path, bundle
     nan.array[0, 2, 3, 4] = np.nan
     write_image(nan, scans[1])
     (tmp_path / "in" / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    write_image(Image.from_array(np.zeros((1, 12, 20, 16), np.complex64)), tmp_path / "in" / "complex.nii.gz")
     code = run_cli("predict", str(bundle_3d), str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress")
     assert code == 1  # some case failed
     manifest = json.loads((tmp_path / "out" / MANIFEST_FILE).read_text())
     assert sorted(c["case"] for c in manifest["cases"]) == ["scan00", "scan02"]
     failed = {f["case"]: f["error"] for f in manifest["failed"]}
-    assert set(failed) == {"broken", "scan01"}
+    assert set(failed) == {"broken", "complex", "scan01"}
+    assert "complex voxel values" in failed["complex"]
     assert "NaN" in failed["scan01"] and "scan01.nii.gz" in failed["scan01"]
     assert "broken.nii.gz" in failed["broken"]
     for case in manifest["cases"]:
@@ -149,23 +151,11 @@ def test_kill_9_during_a_cohort_then_resume_loses_nothing_and_leaves_nothing_hal
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo ranks are exercised on Linux")
 def test_torchrun_ranks_split_the_inputs_and_join_the_manifest(tmp_path, bundle_3d):
-    """Two ranks of ``python -m medseg predict`` with the environment torchrun gives them (as in test_train's DDP
-    test: launching the ranks directly saves the launcher's own torch import)."""
+    """Two ranks of ``python -m medseg predict`` with the environment torchrun gives them."""
     scans = write_scans(tmp_path / "in", 5)
     out = tmp_path / "out"
     command = _medseg("predict", str(bundle_3d), str(tmp_path / "in"), "-o", str(out), "--no-progress", "--no-tta")
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
-                  "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-             for rank in range(2)]
-    try:
-        outputs = [rank.communicate(timeout=300) for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
-    for rank, (stdout, stderr) in zip(ranks, outputs, strict=True):
-        assert rank.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    outputs = run_ranks(command, timeout=300)
     parts = [json.loads((out / f"predictions.part-{rank}.json").read_text()) for rank in (0, 1)]
     assert [len(p["cases"]) for p in parts] == [3, 2]  # every second input from each rank
     manifest = json.loads((out / MANIFEST_FILE).read_text())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from builders import free_port, make_2d_dataset, make_3d_dataset, tiny_plan
+from builders import make_2d_dataset, make_3d_dataset, run_ranks, tiny_plan
 from medseg.bundle import load_bundle
 from medseg.errors import MedsegError
 from medseg.plan import AugmentConfig
@@ -208,27 +207,12 @@ def test_budget_mode_stops_on_time_and_anneals(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="DDP with gloo is exercised on Linux")
 @pytest.mark.timeout(1200)  # two torch imports and two trainings share two cores: minutes on a loaded CI machine
 def test_ddp_two_processes_write_one_bundle(tmp_path):
-    """Two ranks of ``python -m medseg train`` with the environment torchrun gives them (env:// rendezvous, gloo).
-
-    torchrun's whole contract with the script is that environment; launching the ranks directly saves the launcher's
-    own torch import, which costs a minute or more on a loaded 2-core CI machine.
-    """
+    """Two ranks of ``python -m medseg train`` with the environment torchrun gives them (env:// rendezvous, gloo)."""
     data = make_2d_dataset(tmp_path / "data")
     plan = tiny_plan(data, tmp_path / "plan.json")
     cmd = [sys.executable, "-m", "medseg", "train", str(data), "-o", str(tmp_path / "run"), "--plan", str(plan),
            "--epochs", "2", "--cache", str(tmp_path / "cache"), "--no-progress", "--folds", "3", "--workers", "1"]
-    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
-                  "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-             for rank in range(2)]
-    try:
-        outputs = [rank.communicate(timeout=900) for rank in ranks]
-    finally:
-        for rank in ranks:
-            rank.kill()
-    for rank, (stdout, stderr) in zip(ranks, outputs, strict=True):
-        assert rank.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    outputs = run_ranks(cmd, timeout=900)
     loaded = load_bundle(tmp_path / "run" / "bundle")
     fold = loaded.metrics["folds"]["0"]
     assert loaded.folds == ["0"] and fold["steps"] > 0 and fold["processes"] == 2  # the ranks really joined

@@ -162,6 +162,9 @@ def check_finite(image: Image, source: str | Path | None = None) -> None:
     """Refuse NaN or infinite voxels: a network maps them to NaN logits, so the mask would be silently empty or
     wrong (and NaN is not valid JSON)."""
     array = image.array
+    if np.iscomplexobj(array):
+        raise MedsegError(f"holds complex voxel values ({array.dtype}): a segmentation model takes real intensities",
+                          source, "export the magnitude image (e.g. abs()) and send that")
     if not np.issubdtype(array.dtype, np.floating):
         return
     finite = np.isfinite(array)
