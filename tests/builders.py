@@ -284,3 +284,28 @@ def write_small_images(folder: Path) -> dict[str, Path]:
     write_series(folder / "series", n=3)
     files["zip"] = zip_folder(folder / "series", folder / "series.zip")
     return files
+
+
+def run_ranks(command: list[str], world_size: int = 2, timeout: float = 900) -> list[tuple[str, str]]:
+    """Run ``command`` as ``world_size`` ranks with the environment torchrun gives each (env:// rendezvous on
+    loopback, one thread each); asserts every rank exits 0 and returns their (stdout, stderr).
+
+    torchrun's whole contract with the script is that environment; launching the ranks directly saves the
+    launcher's own torch import, which costs a minute or more on a loaded 2-core CI machine.
+    """
+    import os
+    import subprocess
+
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world_size),
+                  "LOCAL_WORLD_SIZE": str(world_size), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **rendezvous, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+             for rank in range(world_size)]
+    try:
+        outputs = [rank.communicate(timeout=timeout) for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    for rank, (stdout, stderr) in zip(ranks, outputs, strict=True):
+        assert rank.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    return outputs
