@@ -139,6 +139,11 @@ def serve(
     concurrency: Annotated[int, typer.Option(help="Cases segmented at once.")] = 1,
     queue: Annotated[int, typer.Option(help="Cases allowed to wait (503 + Retry-After beyond).")] = 4,
     examples: Annotated[Path | None, typer.Option(help="Folder of scans the web viewer offers by name.")] = None,
+    job_timeout: Annotated[float, typer.Option(help="Seconds a background job may take (then it fails).")] = 3600,
+    max_jobs: Annotated[int, typer.Option(help="Jobs kept (oldest finished dropped first; 503 when all run).")]
+    = 100,
+    max_voxels: Annotated[int | None, typer.Option(help="Largest upload in voxels, all channels (default: "
+                                                        "2 G, enough for any real CT).")] = None,
 ) -> None:
     """Serve bundles over HTTP: upload a scan, get its mask (OpenAPI docs at /docs, metrics at /metrics).
 
@@ -148,12 +153,15 @@ def serve(
     """
     import uvicorn
 
+    from medseg.io import ReadLimits
     from medseg.serve import ServeConfig, check_bind, create_app, load_token
 
     token = load_token(token_file)
     check_bind(host, token)
+    limits = ReadLimits() if max_voxels is None else ReadLimits(max_voxels=max_voxels)
     config = ServeConfig(token=token, max_upload_bytes=int(max_upload_mb * 2**20), request_timeout_s=timeout,
-                         max_concurrency=concurrency, max_queue=queue, backend=backend, examples=examples)
+                         max_concurrency=concurrency, max_queue=queue, backend=backend, examples=examples,
+                         job_timeout_s=job_timeout, max_jobs=max_jobs, read_limits=limits)
     api = create_app(bundles, config)
     out.print(f"serving {', '.join(api.state.models)} on http://{host}:{port} (viewer at /, docs at /docs)"
               f"{'' if token else '; no API token: loopback only'}", markup=False, highlight=False)
