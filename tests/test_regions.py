@@ -161,3 +161,22 @@ def test_evaluate_scores_regions_from_a_file_or_the_reference_dataset_json(tmp_p
     (tmp_path / "dataset.json").write_text(file.read_text())  # beside the references' folder: found there
     again = evaluate_folders(tmp_path / "pred", tmp_path / "gt").summary()
     assert again["per_class"] == summary["per_class"]
+
+
+def test_region_plans_keep_the_largest_foreground_where_validation_says_it_pays():
+    from medseg.postprocess import choose_region_postprocessing
+
+    members = {1: (1, 2, 3), 2: (2, 3), 3: (3,)}  # whole, core, enhancing: nested as in BraTS
+    ref = np.zeros((24, 24, 24), np.uint8)
+    ref[4:12, 4:12, 4:12] = 1
+    ref[6:10, 6:10, 6:10] = 2
+    ref[7:9, 7:9, 7:9] = 3
+    stray = ref.copy()
+    stray[18:21, 18:21, 18:21] = 3  # a blob far from the tumour: wrong in every region
+    chosen = choose_region_postprocessing([(stray, ref), (ref.copy(), ref)], members)
+    (decision,) = chosen.decisions
+    assert chosen.keep_largest_foreground and decision["dice_after"] > decision["dice_before"]
+    two_tumours = ref.copy()
+    two_tumours[16:22, 16:22, 16:22] = 1  # a second real lesion: keeping only the largest would cost Dice
+    chosen = choose_region_postprocessing([(two_tumours, two_tumours)], members)
+    assert not chosen.keep_largest_foreground

@@ -16,7 +16,7 @@ from medseg.postprocess.ops import (
     keep_largest_component,
     remove_small_objects,
 )
-from medseg.postprocess.select import choose_postprocessing
+from medseg.postprocess.select import choose_postprocessing, choose_region_postprocessing
 
 __all__ = [
     "DEFAULT_MAX_COMPONENTS",
@@ -25,6 +25,7 @@ __all__ = [
     "apply_postprocessing",
     "apply_thresholds",
     "choose_postprocessing",
+    "choose_region_postprocessing",
     "fill_holes",
     "keep_largest_component",
     "load_postprocessing",

@@ -19,7 +19,7 @@ from medseg.evaluate import DICE_EMPTY, EvaluationResult, dice_per_class, evalua
 from medseg.infer.outputs import labels_from_logits
 from medseg.infer.sliding import predict_logits
 from medseg.plan import Plan
-from medseg.postprocess import PostprocessConfig, choose_postprocessing
+from medseg.postprocess import PostprocessConfig, choose_postprocessing, choose_region_postprocessing
 from medseg.preprocess import CachedCase
 
 TTA_CASES = 10  # enough to see a real difference; the full fold would cost (1 + axes) x its validation time
@@ -55,13 +55,11 @@ def measure_tta(model: nn.Module, plan: Plan, cases: list[CachedCase], precision
 
 def choose_for_folds(plan: Plan, predictions: list[tuple[str, np.ndarray]],
                      cases: dict[str, CachedCase]) -> PostprocessConfig:
-    """Post-processing chosen on the pooled final-validation predictions of every fold trained.
-
-    Not for region plans: its steps act on label values, which overlapping regions are not; they get none.
-    """
-    if plan.regions:
-        return PostprocessConfig(dice_empty=DICE_EMPTY)
+    """Post-processing chosen on the pooled final-validation predictions of every fold trained (region plans:
+    keep-largest over all foreground only, scored by region Dice; see ``choose_region_postprocessing``)."""
     pairs = [(pred, np.asarray(cases[cid].seg)) for cid, pred in predictions if cid in cases]
+    if plan.regions:
+        return choose_region_postprocessing(pairs, plan.class_members)
     return choose_postprocessing(pairs, plan.labels)
 
 
