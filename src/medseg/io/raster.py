@@ -20,6 +20,9 @@ LOSSY_SUFFIXES = (".jpg", ".jpeg")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> samples per pixel (3: palette indices)
 _PNG_SAMPLES_PILLOW_CUTS = (2, 4, 6)  # colour types that Pillow decodes to 8 bits when they are 16-bit
+# Pillow's plugins raise these for corrupt files too (a TIFF tag of the wrong type is a TypeError, ...)
+_PILLOW_ERRORS = (UnidentifiedImageError, SyntaxError, MemoryError, TypeError, KeyError, IndexError, AttributeError,
+                  ZeroDivisionError, *DECODER_ERRORS)
 
 
 def read_raster(path: Path, limits: ReadLimits | None = None) -> Image:
@@ -72,7 +75,7 @@ def _read_pillow(path: Path, limits: ReadLimits) -> tuple[np.ndarray, str]:
             path,
             "if the image is genuine, convert it to TIFF or NIfTI, or raise PIL.Image.MAX_IMAGE_PIXELS",
         ) from None
-    except (UnidentifiedImageError, SyntaxError, MemoryError, *DECODER_ERRORS) as exc:
+    except _PILLOW_ERRORS as exc:
         if path.suffix.lower() in (".tif", ".tiff"):
             return _read_tiff(path, limits), "tifffile"
         raise ImageReadError(
