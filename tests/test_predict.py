@@ -215,3 +215,19 @@ def test_bf16_bundle_predicts_in_fp32_on_a_cpu_without_native_bf16(tmp_path, bun
     assert manifest["precision"] == expected
     bundle.plan.precision = "fp32"  # a bundle that trained in fp32 stays fp32 everywhere
     assert Predictor(bundle, PredictOptions(tta=False)).precision == "fp32"
+
+
+def test_the_device_is_cuda_where_present_and_a_missing_gpu_is_refused_clearly(bundle_3d, monkeypatch):
+    from medseg.errors import MedsegError
+    from medseg.infer.predict import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(MedsegError, match="no CUDA GPU"):
+        Predictor(load_bundle(bundle_3d), PredictOptions(device="cuda"))
+    with pytest.raises(MedsegError, match="unknown device"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    predictor = Predictor(load_bundle(bundle_3d), PredictOptions(device="cpu"))
+    assert {p.device.type for model in predictor.models for p in model.parameters()} == {"cpu"}

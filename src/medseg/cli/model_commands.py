@@ -38,6 +38,7 @@ def predict(
                                                       "png, nrrd, mha, or dicom-seg (DICOM inputs: a DICOM SEG "
                                                       "referencing the source series).")] = "same",
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (needs `medseg export BUNDLE` first).")] = "torch",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Skip cases already complete in the output folder (after "
                                                            "a crash or a kill), predict the rest.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
@@ -63,7 +64,8 @@ def predict(
         base = load_postprocessing(postprocess_file) if postprocess_file else None
         chosen = with_overrides(base, loaded.plan.labels, keep_largest, fill_holes, min_size)
     options = PredictOptions(tta=tta, overlap=None if step is None else 1.0 - step, postprocess=chosen,
-                             probabilities=probabilities, uncertainty=uncertainty, backend=backend)
+                             probabilities=probabilities, uncertainty=uncertainty, backend=backend,
+                             device=device)
     with DistributedRanks() as ranks, Progress(console=console, disable=no_progress or ranks.rank > 0,
                                                 transient=True) as bar:
         task = bar.add_task("predicting", total=None)
@@ -134,6 +136,7 @@ def serve(
     token_file: Annotated[Path | None, typer.Option(help="File holding the API token (else MEDSEG_API_TOKEN).")]
     = None,
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")] = "torch",
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted (413 beyond).")] = 256,
     timeout: Annotated[float, typer.Option(help="Seconds one case may take (504 beyond).")] = 300,
     concurrency: Annotated[int, typer.Option(help="Cases segmented at once.")] = 1,
@@ -161,7 +164,7 @@ def serve(
     limits = ReadLimits() if max_voxels is None else ReadLimits(max_voxels=max_voxels)
     config = ServeConfig(token=token, max_upload_bytes=int(max_upload_mb * 2**20), request_timeout_s=timeout,
                          max_concurrency=concurrency, max_queue=queue, backend=backend, examples=examples,
-                         job_timeout_s=job_timeout, max_jobs=max_jobs, read_limits=limits)
+                         job_timeout_s=job_timeout, max_jobs=max_jobs, read_limits=limits, device=device)
     api = create_app(bundles, config)
     out.print(f"serving {', '.join(api.state.models)} on http://{host}:{port} (viewer at /, docs at /docs)"
               f"{'' if token else '; no API token: loopback only'}", markup=False, highlight=False)

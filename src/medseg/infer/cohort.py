@@ -195,7 +195,7 @@ def _manifest_header(bundle: Bundle, predictor: Predictor) -> dict[str, Any]:
     return {
         "medseg_version": __version__, "torch_version": torch.__version__, "python": platform.python_version(),
         "bundle": str(bundle.folder), "tta": predictor.tta, "overlap": predictor.overlap,
-        "backend": predictor.options.backend, "precision": predictor.precision,
+        "backend": predictor.options.backend, "device": str(predictor.device), "precision": predictor.precision,
         "postprocess": predictor.postprocess.to_dict() if predictor.postprocess else None,
         "folds": predictor.options.folds or bundle.folds,
         "cases": [], "failed": [],

@@ -47,6 +47,7 @@ class PredictOptions:
     folds: list[str] | None = None  # a subset of the bundle's folds
     backend: str = "torch"  # "torch", or "onnxruntime" (runs the bundle's fold_K.onnx from `medseg export`)
     max_components: int = DEFAULT_MAX_COMPONENTS  # components listed per label (the largest; all are counted)
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"; the onnxruntime backend runs on the CPU
 
 
 @dataclass
@@ -78,8 +79,9 @@ class Predictor:
         if missing:
             raise MedsegError(f"has no fold {', '.join(missing)} (it has {', '.join(bundle.folds)})", bundle.folder,
                               "choose folds the bundle holds")
+        self.device = resolve_device(self.options.device if self.options.backend == "torch" else "cpu")
         if self.options.backend == "torch":
-            self.models = bundle.load_models(folds)
+            self.models = [model.to(self.device) for model in bundle.load_models(folds)]
         elif self.options.backend == "onnxruntime":
             from medseg.infer.backend import load_onnx_models
 
@@ -87,7 +89,7 @@ class Predictor:
         else:
             raise MedsegError(f"unknown backend {self.options.backend!r}", "--backend", "use torch or onnxruntime")
         self.tta = tta_default(bundle) if self.options.tta is None else self.options.tta
-        self.precision = runtime_precision(self.plan.precision)  # prediction runs on the CPU
+        self.precision = runtime_precision(self.plan.precision, self.device.type)
         self.overlap = self.plan.sliding_window_overlap if self.options.overlap is None else self.options.overlap
         path = bundle.folder / POSTPROCESS_FILE
         chosen = self.options.postprocess
@@ -156,6 +158,17 @@ class Predictor:
                                                self.options.max_components)
         result.seconds = time.perf_counter() - start
         return result
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU; ``cuda`` without a GPU is refused clearly."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise MedsegError(f"unknown device {name!r}", "--device", "use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MedsegError("no CUDA GPU is available to this process", "--device", "use --device cpu (or auto)")
+    return torch.device(name)
 
 
 def check_finite(image: Image, source: str | Path | None = None) -> None:

@@ -108,7 +108,7 @@ def predict_logits(
     """Logits ``(K, *S)`` for one preprocessed case ``(C, *S)``; mirror TTA averages over flipped copies."""
     model.eval()
     device = next(model.parameters()).device
-    batch = data[None].to(device)
+    batch = data[None].pin_memory().to(device, non_blocking=True) if device.type == "cuda" else data[None].to(device)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with autocast_context(device, precision):

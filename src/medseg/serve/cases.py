@@ -97,7 +97,7 @@ def load_models(bundles: Sequence[str | Path], config: ServeConfig) -> dict[str,
     for folder in bundles:
         start = time.perf_counter()
         bundle = load_bundle(folder)
-        predictor = Predictor(bundle, PredictOptions(backend=config.backend, tta=config.tta))
+        predictor = Predictor(bundle, PredictOptions(backend=config.backend, tta=config.tta, device=config.device))
         seconds = time.perf_counter() - start
         name = model_name(bundle, set(models))
         models[name] = Served(name, bundle, predictor, DriftReference.from_bundle(bundle), seconds)

@@ -23,6 +23,7 @@ class ServeConfig:
     job_timeout_s: float = 3600.0  # a job running longer is stopped and fails with 504
     max_jobs: int = 100  # jobs kept at most (finished ones are dropped oldest first to make room; else 503)
     backend: str = "torch"
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     tta: bool | None = None
     examples: str | Path | None = None  # a folder of scans the viewer offers by name (``--examples``)
     view_ttl_s: float = 900.0  # a viewer's mask stays downloadable this long
