@@ -17,9 +17,15 @@ from medseg.plan import Plan
 REGION_THRESHOLD = 0.5
 
 
-def probabilities_from_logits(logits: Tensor, plan: Plan) -> Tensor:
-    """``(C, *spatial)`` logits -> probabilities: sigmoid per region, or softmax over the labels."""
-    return torch.sigmoid(logits) if plan.regions else torch.softmax(logits, dim=0)
+def probabilities_from_logits(logits: Tensor, plan: Plan, inplace: bool = False) -> Tensor:
+    """``(C, *spatial)`` logits -> probabilities: sigmoid per region, or softmax over the labels. ``inplace``
+    overwrites ``logits`` (no second K-map copy of a big CT)."""
+    if not inplace:
+        return torch.sigmoid(logits) if plan.regions else torch.softmax(logits, dim=0)
+    if plan.regions:
+        return logits.sigmoid_()
+    logits.sub_(logits.amax(0, keepdim=True)).exp_()
+    return logits.div_(logits.sum(0, keepdim=True))
 
 
 def labels_from_probabilities(probabilities: Tensor, plan: Plan) -> Tensor:

@@ -31,7 +31,7 @@ from medseg.io import Image
 from medseg.postprocess import PostprocessConfig, apply_postprocessing, apply_thresholds, load_postprocessing
 from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, measure_components
 from medseg.preprocess import preprocess_image
-from medseg.runtime import keep_freed_memory, runtime_precision
+from medseg.runtime import keep_freed_memory, release_freed_memory, runtime_precision
 
 
 @dataclass
@@ -119,10 +119,11 @@ class Predictor:
         for model in self.models:
             logits = predict_logits(model, data, self.plan.patch_size, overlap=self.overlap, mirror_axes=mirror,
                                     precision=self.precision, should_stop=should_stop)
-            total = logits if total is None else total + logits
+            total = logits if total is None else total.add_(logits)
         assert total is not None
-        return total / len(self.models)
+        return total.div_(len(self.models)) if len(self.models) > 1 else total
 
+    @torch.inference_mode()  # the sliding window's tensors are inference tensors, updated in place below
     def predict(self, image: Image, source: str | Path | None = None,
                 should_stop: Callable[[], bool] | None = None) -> Prediction:
         """Segment one image; ``should_stop`` (asked between batches of windows) ends the work early with
@@ -130,9 +131,11 @@ class Predictor:
         start = time.perf_counter()
         self.check_input(image, source)
         data, _, props = preprocess_image(image, self.plan)
-        probabilities = probabilities_from_logits(self.logits(torch.from_numpy(data), should_stop), self.plan)
+        probabilities = probabilities_from_logits(self.logits(torch.from_numpy(data), should_stop), self.plan,
+                                                  inplace=True)
         if should_stop is not None and should_stop():
             raise Cancelled("stopped after the sliding window")
+        release_freed_memory()  # the window temporaries are done with: restoring needs the room
         thresholds = self.postprocess.thresholds if self.postprocess and not self.plan.regions else {}
 
         def decide(p: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,7 @@ def sliding_window(
             out[(..., *window)] += window_logits * weights
             norm[window] += weights
     assert out is not None
-    return (out / norm)[(..., *crop)][None]
+    return out.div_(norm)[(..., *crop)][None]  # in place: the K logit maps of a big CT are the largest array here
 
 
 @torch.inference_mode()
@@ -119,4 +119,6 @@ def predict_logits(
     flips = [(axis + 2,) for axis in mirror_axes]
     for dims in flips:
         logits += torch.flip(run(torch.flip(batch, dims)), dims)
-    return (logits / (1 + len(flips)))[0].cpu()
+    if flips:
+        logits.div_(1 + len(flips))
+    return logits[0].cpu()
