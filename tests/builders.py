@@ -309,3 +309,135 @@ def run_ranks(command: list[str], world_size: int = 2, timeout: float = 900) -> 
     for rank, (stdout, stderr) in zip(ranks, outputs, strict=True):
         assert rank.returncode == 0, stdout[-2000:] + stderr[-3000:]
     return outputs
+
+
+# A PACS side for the DICOM node tests: an axial CT series as pydicom datasets, a non-image object, and a real
+# Orthanc started on loopback ports with its own storage (skipping where Debian's orthanc is not installed)
+def ct_series_datasets(n: int = 6, shape: tuple[int, int] = (24, 20), gap: float = 2.0, shift: float = 0.0,
+                       seed: int = 0) -> list[pydicom.Dataset]:
+    """``n`` axial CT slices (a bright box on noise, HU rescale, patient and study attributes) as pydicom datasets
+    with file meta, in slice order. ``shift`` moves slice ``k`` by ``k * shift`` mm along y: a gantry tilt."""
+    rng = np.random.default_rng(seed)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    volume = rng.normal(0, 20, size=(n, *shape)) + 1024
+    volume[n // 4: 3 * n // 4 + 1, shape[0] // 4: shape[0] // 2, shape[1] // 3: 2 * shape[1] // 3] += 400
+    datasets = []
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(f"ct{k}", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Patient", "MEDSEG-TEST-1", "", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = \
+            "20240101", "120000", "1", "", ""
+        ds.Modality, ds.BodyPartExamined, ds.SeriesDescription, ds.SeriesNumber = "CT", "ABDOMEN", "portal", 3
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [-10.0, -20.0 + k * shift, -30.0 + k * gap]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], gap
+        ds.Rows, ds.Columns = shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.clip(volume[k], 0, 4000).astype(np.uint16).tobytes()
+        datasets.append(ds)
+    return datasets
+
+
+def write_datasets(datasets: list[pydicom.Dataset], folder: Path) -> list[Path]:
+    """Save datasets as ``folder/im<k>.dcm`` files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"im{k:03d}.dcm" for k in range(len(datasets))]
+    for ds, path in zip(datasets, paths):
+        ds.save_as(path, enforce_file_format=True)
+    return paths
+
+
+def sr_dataset(study_uid: str | None = None) -> pydicom.Dataset:
+    """A minimal Basic Text SR: a DICOM object without pixels, which a segmentation node must refuse."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.BasicTextSRStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("sr", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID, ds.PatientName = "SR", "MEDSEG-TEST-1", "Test^Patient"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    return ds
+
+
+class Orthanc:
+    """A real Orthanc (Debian's ``Orthanc`` binary) with a temporary config and storage, on free loopback ports;
+    ``modalities`` maps a name to ``[AET, host, port]``. Use as a context manager; skips when not installed."""
+
+    def __init__(self, folder: Path, modalities: dict[str, list], aet: str = "ORTHANC") -> None:
+        import shutil
+
+        binary = shutil.which("Orthanc")
+        if binary is None:
+            pytest.skip("Orthanc is not installed (apt-get install orthanc; .ci/run does it as root)")
+        self.binary, self.folder, self.aet = binary, folder, aet
+        self.http_port, self.dicom_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        config = {"Name": "medseg-test", "StorageDirectory": str(folder / "storage"),
+                  "IndexDirectory": str(folder / "index"), "HttpPort": self.http_port, "DicomPort": self.dicom_port,
+                  "DicomAet": aet, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+                  "DicomModalities": modalities, "Plugins": [], "DicomScuTimeout": 10, "StableAge": 1,
+                  "ConcurrentJobs": 1, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+                  "HttpTimeout": 30}
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config = folder / "orthanc.json"
+        self.config.write_text(json.dumps(config, indent=1))
+        self.process = None
+
+    def __enter__(self) -> Orthanc:
+        import subprocess
+        import time
+
+        self.log = open(self.folder / "orthanc.log", "wb")  # noqa: SIM115 - closed in __exit__
+        self.process = subprocess.Popen([self.binary, str(self.config)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(self.folder / 'orthanc.log').read_text()[-2000:]}")
+            try:
+                self.get("/system")
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.__exit__(None, None, None)
+        raise RuntimeError("Orthanc did not answer within 30 s")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except Exception:
+                self.process.kill()
+        self.log.close()
+
+    def request(self, method: str, path: str, body: object = None) -> bytes:
+        import urllib.request
+
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.read()
+
+    def get(self, path: str) -> object:
+        content = self.request("GET", path)
+        try:
+            return json.loads(content)
+        except ValueError:
+            return content
+
+    def post(self, path: str, body: object) -> object:
+        return json.loads(self.request("POST", path, body) or b"null")
+
+    def find(self, level: str, query: dict) -> list[dict]:
+        return self.post("/tools/find", {"Level": level, "Query": query, "Expand": True})

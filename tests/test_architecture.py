@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"report"},
     {"export"},
     {"serve"},
+    {"pacs"},
     {"demo"},
     {"cli", "__main__"},
 ]

@@ -3,10 +3,12 @@ predicted label maps as DICOM SEG (round trips on the real CT, or a synthetic se
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -177,3 +179,100 @@ def test_dicom_seg_writer_refusals(tmp_path: Path) -> None:
     with pytest.raises(MedsegError, match="lacks 1 slice"):
         write_dicom_seg(labels, tmp_path / "s", tmp_path / "d.dcm", {2: "x"}, sop_instance_uids=["1.2.3", uids[1]])
     assert not any(tmp_path.glob("?.dcm"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SEGs that viewers display right: coded terms, colours, algorithm, references; dciodvfy-clean
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _segments(path: Path) -> dict[str, pydicom.Dataset]:
+    return {str(s.SegmentLabel): s for s in pydicom.dcmread(path).SegmentSequence}
+
+
+def test_segment_terms_come_from_the_label_names(tmp_path: Path) -> None:
+    from medseg.colours import label_colour
+    from medseg.io.dicom_seg import segment_terms
+
+    category, kind, side = segment_terms("Kidney_Left")
+    assert (category.value, kind.value, side.value) == ("91723000", "64033007", "7771000")
+    assert [t.value for t in segment_terms("LIVER")[:2]] == ["91723000", "10200004"]
+    assert [t.value for t in segment_terms("liver tumour")[:2]] == ["49755003", "108369006"]
+    assert [t.value for t in segment_terms("hippocampus")[:2]] == ["91723000", "5366008"]
+    assert [t.value for t in segment_terms("Anterior")[:2]] == ["85756007", "85756007"]  # unknown: Tissue
+    write_series(tmp_path / "s", n=3)
+    labels = np.zeros((3, 6, 5), np.uint8)
+    labels[0, :2] = 1
+    labels[1, 2:] = 4
+    path = write_dicom_seg(labels, tmp_path / "s", tmp_path / "seg.dcm", {1: "liver", 4: "right kidney"})
+    segments = _segments(path)
+    kidney = segments["right kidney"]
+    assert kidney.SegmentedPropertyTypeCodeSequence[0].CodeValue == "64033007"
+    assert kidney.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == \
+        "24028007"
+    liver = segments["liver"]
+    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
+    assert liver.SegmentAlgorithmType == "AUTOMATIC"
+    assert liver.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "medseg"
+    import highdicom as hd
+
+    for value, segment in ((1, liver), (4, kidney)):  # the palette colour of the label value, as CIELab
+        expected = hd.color.CIELabColor.from_rgb(*bytes.fromhex(label_colour(value)[1:])).value
+        assert tuple(segment.RecommendedDisplayCIELabValue) == tuple(expected)
+    ds = pydicom.dcmread(path)
+    (referenced,) = ds.ReferencedSeriesSequence
+    assert len(referenced.ReferencedInstanceSequence) == 3  # every source slice, the empty one included
+    assert all("DerivationImageSequence" in frame for frame in ds.PerFrameFunctionalGroupsSequence)
+
+
+def test_label_codes_file_on_predict(tmp_path: Path, bundle_3d: Path) -> None:
+    from builders import run_cli
+
+    codes = tmp_path / "codes.json"
+    codes.write_text(json.dumps({"BRIGHT": {"category": ["49755003", "SCT", "Morphologically Abnormal Structure"],
+                                            "type": ["108369006", "SCT", "Neoplasm"]}}))
+    write_series(tmp_path / "series", n=4)
+    assert run_cli("predict", str(bundle_3d), str(tmp_path / "series"), "-o", str(tmp_path / "out"), "--format",
+                   "dicom-seg", "--label-codes", str(codes), "--no-progress") == 0
+    segments = _segments(tmp_path / "out" / "series.seg.dcm")
+    assert segments["bright"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"
+    assert segments["small"].SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # not listed: Tissue
+    codes.write_text("{not json")
+    with pytest.raises(MedsegError, match="cannot read label codes"):
+        run_cli("predict", str(bundle_3d), str(tmp_path / "series"), "-o", str(tmp_path / "out2"), "--format",
+                "dicom-seg", "--label-codes", str(codes))
+
+
+def test_sop_uids_kept_only_in_the_file_meta_are_used(tmp_path: Path) -> None:
+    """Some exports (TotalSegmentator's sample CT) leave SOPClassUID/SOPInstanceUID empty in the data set."""
+    write_series(tmp_path / "s", n=2)
+    for file in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(file)
+        ds.SOPClassUID = ds.SOPInstanceUID = ""
+        ds.save_as(file)
+    labels = np.ones((2, 6, 5), np.uint8)
+    path = write_dicom_seg(labels, tmp_path / "s", tmp_path / "seg.dcm", {1: "liver"})
+    uids = set(read_dicom_series(tmp_path / "s").meta["sop_instance_uids"])
+    (referenced,) = pydicom.dcmread(path).ReferencedSeriesSequence
+    assert {r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence} == uids
+
+
+def test_dciodvfy_finds_no_error_in_a_seg_of_real_ct(tmp_path: Path) -> None:
+    """dicom3tools' validator on a SEG of the real 3-slice CT with coded, coloured and lateralised segments."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy is not installed (apt-get install dicom3tools; .ci/run does it as root)")
+    series = shared("dicom_ct_liver_seg") / "ct"
+    ct = read_dicom_series(series)
+    labels = np.zeros(ct.shape, np.uint8)
+    z, y, x = ct.shape
+    labels[:, y // 4: y // 2, x // 4: x // 2] = 1
+    labels[1:, y // 2: 3 * y // 4, x // 3: 2 * x // 3] = 2
+    labels[0, :20, :20] = 3
+    path = write_dicom_seg(labels, series, tmp_path / "seg.dcm", {1: "liver", 2: "left kidney", 3: "Anterior"},
+                           sop_instance_uids=ct.meta["sop_instance_uids"])
+    report = subprocess.run(["dciodvfy", str(path)], check=False, capture_output=True, text=True, timeout=60)
+    lines = (report.stdout + report.stderr).splitlines()
+    assert [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)

@@ -10,15 +10,15 @@ import sys
 
 import typer
 
-from medseg.cli import data_commands, evaluate_commands, model_commands, train_commands  # noqa: F401 - registers
+from medseg.cli import data_commands, evaluate_commands, model_commands, pacs_commands, train_commands  # noqa: F401
 from medseg.cli.app import app, console, parse_duration, state
 from medseg.errors import MedsegError
 
 __all__ = ["app", "main", "parse_duration"]
 
 # `medseg --help` lists the commands in the order of the job, not in the order their modules were imported
-COMMAND_ORDER = ["check", "split", "convert", "plan", "train", "predict", "export", "serve", "evaluate", "report",
-                 "demo"]
+COMMAND_ORDER = ["check", "split", "convert", "plan", "train", "predict", "export", "serve", "dicom_node", "evaluate",
+                 "report", "demo"]
 app.registered_commands.sort(key=lambda command: COMMAND_ORDER.index(command.callback.__name__))
 
 

@@ -37,6 +37,9 @@ def predict(
     fmt: Annotated[str, typer.Option("--format", help="same (the input's; PNG for JPEG, NIfTI for DICOM), nii.gz, "
                                                       "png, nrrd, mha, or dicom-seg (DICOM inputs: a DICOM SEG "
                                                       "referencing the source series).")] = "same",
+    label_codes: Annotated[Path | None, typer.Option(help="With --format dicom-seg: JSON label name -> {category: "
+                                                          "[code, scheme, meaning], type: [...]} for segment terms "
+                                                          "the built-in SNOMED CT table lacks.")] = None,
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (needs `medseg export BUNDLE` first).")] = "torch",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Skip cases already complete in the output folder (after "
@@ -55,9 +58,11 @@ def predict(
     from medseg.bundle import load_bundle
     from medseg.infer.cohort import predict_paths
     from medseg.infer.predict import PredictOptions
+    from medseg.pacs import load_label_codes
     from medseg.postprocess import PostprocessConfig, load_postprocessing, with_overrides
     from medseg.runtime import DistributedRanks
 
+    codes = load_label_codes(label_codes)  # checked before the model loads
     loaded = load_bundle(bundle)
     chosen: bool | PostprocessConfig = postprocess
     if postprocess and (postprocess_file or keep_largest or fill_holes or min_size is not None):
@@ -74,7 +79,7 @@ def predict(
             bar.update(task, completed=done, total=total, description=f"predicting {case}")
 
         manifest = predict_paths(loaded, inputs, output, options, fmt=fmt, progress=advance, resume=resume,
-                                 rank=ranks.rank, world_size=ranks.world_size)
+                                 rank=ranks.rank, world_size=ranks.world_size, label_codes=codes)
         if ranks.world_size > 1:
             ranks.barrier()
             if ranks.rank > 0:

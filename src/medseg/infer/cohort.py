@@ -145,6 +145,7 @@ def predict_paths(
     resume: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    label_codes: dict | None = None,  # DICOM SEG segment terms by label name (medseg.pacs.load_label_codes)
 ) -> dict[str, Any]:
     """Predict every input into ``out_dir``; returns (and writes) the manifest.
 
@@ -175,7 +176,7 @@ def predict_paths(
             continue
         if resume:
             remove_temporaries(output_path(item, out_dir, fmt))
-        record = _predict_one(predictor, item, out_dir, fmt, bundle.plan.disk_labels)
+        record = _predict_one(predictor, item, out_dir, fmt, bundle.plan.disk_labels, label_codes)
         if "error" in record:
             manifest["failed"].append(record)
             continue
@@ -203,12 +204,12 @@ def _manifest_header(bundle: Bundle, predictor: Predictor) -> dict[str, Any]:
 
 
 def _predict_one(predictor: Predictor, item: PredictInput, out_dir: Path, fmt: str,
-                 names: dict[int, str]) -> dict[str, Any]:
+                 names: dict[int, str], label_codes: dict | None = None) -> dict[str, Any]:
     """One case's record, or its failure record (with ``error``): one bad case never stops the cohort."""
     try:
         image = load_case_image(Case(item.case_id, item.files))
         result = predictor.predict(image, item.files[0])
-        return write_prediction(result, item, out_dir, fmt, names)
+        return write_prediction(result, item, out_dir, fmt, names, label_codes)
     except MedsegError as error:
         return {"case": item.case_id, "input": [str(f) for f in item.files], "error": error.message}
     except (KeyboardInterrupt, SystemExit):
@@ -282,7 +283,7 @@ def remove_temporaries(final: Path) -> None:
 
 
 def write_prediction(result: Prediction, item: PredictInput, out_dir: Path, fmt: str = "same",
-                     names: dict[int, str] | None = None) -> dict[str, Any]:
+                     names: dict[int, str] | None = None, label_codes: dict | None = None) -> dict[str, Any]:
     """Write the mask (and side maps); ``fmt="dicom-seg"`` writes a DICOM SEG referencing a DICOM input series,
     one segment per label of ``names``."""
     if fmt == "dicom-seg":
@@ -293,7 +294,7 @@ def write_prediction(result: Prediction, item: PredictInput, out_dir: Path, fmt:
         values = names or {int(v): f"label {v}" for v in np.unique(result.labels.array) if v != 0} or {1: "label 1"}
         path = write_dicom_seg(result.labels.array, source, output_path(item, out_dir, fmt), values,
                                sop_instance_uids=result.labels.meta.get("sop_instance_uids"),
-                               series_uid=result.labels.meta.get("series_instance_uid"))
+                               series_uid=result.labels.meta.get("series_instance_uid"), label_codes=label_codes)
     else:
         path = write_image(result.labels, output_path(item, out_dir, fmt))
     record: dict[str, Any] = {"case": item.case_id, "input": [str(f) for f in item.files], "output": str(path),

@@ -9,7 +9,15 @@
 
   One segment per foreground label (numbered as the label values, named by the plan's label names), binary frames,
   one frame per source slice (empty frames omitted), same study and frame of reference as the source.
-  :func:`read_dicom_seg` with ``source`` = the series gives the label map back.
+  :func:`read_dicom_seg` with ``source`` = the series gives the label map back. :func:`dicom_seg_dataset` builds
+  the same SEG in memory from the source datasets (e.g. received over the network).
+
+Segment terms (:func:`segment_terms`, SNOMED CT codes): label names (any case, ``_``/``-`` as spaces, ``left``/
+``right`` as laterality modifier 7771000/24028007) in category Anatomical Structure 91723000 (DICOM CID 7150):
+liver 10200004, spleen 78961009, kidney(s) 64033007, pancreas 15776009, lung(s) 39607008, heart 80891009, brain
+12738006, hippocampus 5366008, prostate 41216001, bone 272673000, (blood) vessel(s) 59820001; in Morphologically
+Abnormal Structure 49755003: tumour/tumor/neoplasm 108369006, lesion 52988006, (o)edema 79654002. Other names:
+Tissue/Tissue 85756007, unless ``label_codes`` (``--label-codes FILE``) codes them. Colours: :mod:`medseg.colours`.
 
 Overlap rule: a label map cannot hold overlapping segments, so where segments overlap **the highest segment
 number wins**. Use :func:`read_dicom_seg_segments` to keep every segment intact. FRACTIONAL segments are
@@ -30,6 +38,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medseg import __version__
+from medseg.colours import label_colour
 from medseg.errors import ImageReadError, MedsegError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_archive import DicomArchive
@@ -40,8 +49,12 @@ from medseg.io.limits import ReadLimits
 
 if TYPE_CHECKING:
     from highdicom.seg import Segmentation
+    from pydicom.sr.coding import Code
 
-__all__ = ["read_dicom_seg", "read_dicom_seg_segments", "source_datasets", "write_dicom_seg"]
+    LabelCodes = Mapping[str, tuple[Code, Code]]  # label name -> (category, type), as load_label_codes gives
+
+__all__ = ["dicom_seg_dataset", "read_dicom_seg", "read_dicom_seg_segments", "segment_terms", "source_datasets",
+           "write_dicom_seg"]
 
 # --------------------------------------------------------------------------------------------------
 # Reading
@@ -86,14 +99,11 @@ def read_dicom_seg_segments(seg_path: str | Path, source: Image | str | Path | N
     return Image(stack, grid.spacing, grid.origin, grid.direction, meta)
 
 
-def _open_seg_on_grid(
-    seg_path: Path, source: Image | str | Path | None
-) -> tuple[Segmentation, Image, _MaskReader]:
+def _open_seg_on_grid(seg_path: Path, source: Image | str | Path | None) -> tuple[Segmentation, Image, _MaskReader]:
     """The SEG, the output grid (an Image whose array is unused) and a per-segment mask reader on it."""
     seg = _load_seg(seg_path)
     if source is None:
-        grid, read_mask = _seg_own_grid(seg, seg_path)
-        return seg, grid, read_mask
+        return seg, *_seg_own_grid(seg, seg_path)
     grid = source if isinstance(source, Image) else _read_referenced_series(seg, Path(source))
     read_mask = _masks_by_uid(seg, grid, seg_path) or _masks_by_position(seg, grid, seg_path)
     return seg, grid, read_mask
@@ -108,17 +118,11 @@ def _load_seg(path: Path) -> Segmentation:
     try:
         dataset = pydicom.dcmread(path)
     except Exception as exc:  # pydicom raises many exception types for corrupt files
-        raise ImageReadError(
-            f"cannot read DICOM file ({type(exc).__name__}: {exc})",
-            path,
-            "the file is truncated or not DICOM",
-        ) from None
+        raise ImageReadError(f"cannot read DICOM file ({type(exc).__name__}: {exc})", path,
+                             "the file is truncated or not DICOM") from None
     if dataset.get("Modality") != "SEG":
-        raise ImageReadError(
-            f"is not a DICOM SEG (Modality {dataset.get('Modality', 'missing')})",
-            path,
-            "read image series with read_dicom_series",
-        )
+        raise ImageReadError(f"is not a DICOM SEG (Modality {dataset.get('Modality', 'missing')})", path,
+                             "read image series with read_dicom_series")
     extent = pixel_extent(dataset, str(path))  # frames are decoded by highdicom: size them first
     check_pixel_extents([(str(path), path.stat().st_size, extent)], "DICOM SEG", path, ReadLimits())
     try:
@@ -188,11 +192,8 @@ def _seg_own_grid(seg: Segmentation, seg_path: Path) -> tuple[Image, _MaskReader
     try:
         template = seg.get_volume(segment_numbers=[seg.segment_numbers[0]])
     except Exception as exc:  # highdicom: ValueError/RuntimeError when frames do not form a regular volume
-        raise ImageReadError(
-            f"SEG frames do not form a regular 3D grid ({type(exc).__name__}: {exc})",
-            seg_path,
-            "pass the source series (source=...) to map frames by their referenced slices",
-        ) from None
+        raise ImageReadError(f"SEG frames do not form a regular 3D grid ({type(exc).__name__}: {exc})", seg_path,
+                             "pass the source series (source=...) to map frames by their referenced slices") from None
     grid, flip = _volume_geometry(template.affine, template.spatial_shape)
 
     def read_mask(number: int) -> np.ndarray:
@@ -227,11 +228,8 @@ def _masks_by_position(seg: Segmentation, grid: Image, seg_path: Path) -> _MaskR
     own, read_own = _seg_own_grid(seg, seg_path)
     offset = _grid_offset(own, grid)
     if offset is None:
-        raise ImageReadError(
-            "SEG references none of the source slices and its frames do not lie on the source grid",
-            seg_path,
-            "give the series the segmentation was made on",
-        )
+        raise ImageReadError("SEG references none of the source slices and its frames do not lie on the source grid",
+                             seg_path, "give the series the segmentation was made on")
     window = tuple(slice(o, o + n) for o, n in zip(offset, own.shape, strict=True))
 
     def read_mask(number: int) -> np.ndarray:
@@ -288,73 +286,114 @@ _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyID
 
 
 def _complete_header(ds: Dataset, frame_of_reference: str) -> Dataset:
-    if not ds.get("FrameOfReferenceUID"):
-        ds.FrameOfReferenceUID = frame_of_reference
-    if not ds.get("SpecificCharacterSet"):
-        ds.SpecificCharacterSet = "ISO_IR 100"
-    for keyword in _TYPE2:
-        if keyword not in ds:
-            setattr(ds, keyword, "")
+    meta = getattr(ds, "file_meta", None) or Dataset()  # some exports keep the SOP UIDs in the file meta only
+    defaults = {"FrameOfReferenceUID": frame_of_reference, "SpecificCharacterSet": "ISO_IR 100",
+                "SOPClassUID": meta.get("MediaStorageSOPClassUID"), "SOPInstanceUID": sop_instance_uid(ds)}
+    for keyword, value in [*defaults.items(), *((k, "") for k in _TYPE2 if k not in ds)]:
+        if not ds.get(keyword) and (value or keyword not in ds):
+            setattr(ds, keyword, value)
     return ds
 
 
 def write_dicom_seg(labels: np.ndarray, series: str | Path, path: str | Path, names: Mapping[int, str],
                     sop_instance_uids: list[str] | None = None, series_uid: str | None = None,
-                    algorithm: str = "medseg",
-                    series_description: str = "medseg segmentation") -> Path:
+                    algorithm: str = "medseg", series_description: str = "medseg segmentation",
+                    label_codes: LabelCodes | None = None) -> Path:
     """Write ``labels`` ``(Z, Y, X)`` (or ``(1, Z, Y, X)``), on the grid of the DICOM series ``series`` (a folder
-    or .zip), as a DICOM SEG at ``path``.
+    or .zip), as a DICOM SEG at ``path`` (see :func:`dicom_seg_dataset`). ``sop_instance_uids`` gives the source
+    slice of each ``Z`` index (``Image.meta["sop_instance_uids"]`` of the series as read); by default the order of
+    :func:`~medseg.io.dicom_series.read_dicom_series` is used."""
+    seg = dicom_seg_dataset(labels, source_datasets(series, sop_instance_uids, series_uid), names, algorithm,
+                            series_description, label_codes, where=series)
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return Path(path)
 
-    ``sop_instance_uids`` gives the source slice of each ``Z`` index (``Image.meta["sop_instance_uids"]`` of
-    the series as read); by default the order of :func:`~medseg.io.dicom_series.read_dicom_series` is used.
-    """
+
+def dicom_seg_dataset(labels: np.ndarray, sources: list[Dataset], names: Mapping[int, str],
+                      algorithm: str = "medseg", series_description: str = "medseg segmentation",
+                      label_codes: LabelCodes | None = None, where: str | Path | None = None) -> Segmentation:
+    """The DICOM SEG (a pydicom Dataset) of ``labels`` ``(Z, Y, X)`` drawn on ``sources``, the slice datasets in
+    ``Z`` order. One segment per named foreground label: coded by :func:`segment_terms` (``label_codes``
+    first), coloured from medseg's palette, marked AUTOMATIC by ``algorithm`` at medseg's version. Study, frame
+    of reference and patient come from the sources; every source instance is referenced, frame by frame."""
     import highdicom as hd  # on first use, see the module docstring
     from pydicom.sr.codedict import codes
 
     labels = np.asarray(labels)
-    if labels.ndim == 4 and labels.shape[0] == 1:
-        labels = labels[0]
+    labels = labels[0] if labels.ndim == 4 and labels.shape[0] == 1 else labels
     if labels.ndim != 3:
-        raise MedsegError(f"a DICOM SEG needs a 3D label map, got shape {labels.shape}", path,
+        raise MedsegError(f"a DICOM SEG needs a 3D label map, got shape {labels.shape}", where,
                           "write 2D masks as PNG or NIfTI")
     frame_of_reference = hd.UID()  # used only where the series has none (one frame for all its slices)
-    sources = [_complete_header(ds, frame_of_reference)
-               for ds in source_datasets(series, sop_instance_uids, series_uid)]
+    sources = [_complete_header(ds, frame_of_reference) for ds in sources]
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
     if labels.shape != (len(sources), rows, columns):
         raise MedsegError(f"label map {labels.shape} does not match the series ({len(sources)}, {rows}, {columns})",
-                          series, "predict on this series and keep the mask on its grid")
+                          where, "predict on this series and keep the mask on its grid")
     foreground = sorted(int(v) for v in names if int(v) != 0)
     if not foreground:
-        raise MedsegError("has no foreground labels to write", path, "give the label names of the model")
+        raise MedsegError("has no foreground labels to write", where, "give the label names of the model")
     present = set(np.unique(labels).tolist()) - {0}
     unknown = sorted(present - set(foreground))
     if unknown:
-        raise MedsegError(f"label map holds values {unknown} without a name", path, "give names for every label")
+        raise MedsegError(f"label map holds values {unknown} without a name", where, "give names for every label")
     # highdicom wants segment numbers 1..N: label values are renumbered in order and the pixels with them
     number = {value: k + 1 for k, value in enumerate(foreground)}
-    lookup = np.zeros(max(*foreground, int(labels.max())) + 1, dtype=np.uint16)
-    for value, k in number.items():
-        lookup[value] = k
+    lookup = np.zeros(max(*foreground, int(labels.max())) + 1, dtype=np.uint8 if len(foreground) < 256 else np.uint16)
+    lookup[foreground] = np.arange(1, len(foreground) + 1)
     pixels = lookup[labels.astype(np.int64)]
-    pixels = pixels.astype(np.uint8 if len(foreground) < 256 else np.uint16)
     algorithm_id = hd.AlgorithmIdentificationSequence(name=algorithm, version=__version__,
                                                       family=codes.cid7162.ArtificialIntelligence)
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number[value], segment_label=str(names[value])[:64],
-            segmented_property_category=codes.cid7150.Tissue, segmented_property_type=codes.cid7166.ConnectiveTissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm_id,
-        )
-        for value in foreground
-    ]
-    seg = hd.seg.Segmentation(
+    descriptions = [_segment_description(number[value], value, str(names[value]), algorithm_id, label_codes)
+                    for value in foreground]
+    return hd.seg.Segmentation(
         source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9001,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="medseg", manufacturer_model_name=algorithm,
         software_versions=__version__, device_serial_number="0", series_description=series_description[:64],
         omit_empty_frames=bool(present),  # an all-empty SEG keeps its frames: highdicom needs one
     )
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
-    return Path(path)
+
+
+# Label name -> (CID 7150 category, SCT type), keywords of pydicom's DICOM code dictionary (codes in the module doc).
+_ANATOMY, _ABNORMAL = "AnatomicalStructure", "MorphologicallyAbnormalStructure"
+_TERMS = {
+    **{name: (_ANATOMY, name.title()) for name in ("liver", "spleen", "kidney", "pancreas", "lung", "heart", "brain",
+                                                   "hippocampus", "prostate", "bone")},
+    "kidneys": (_ANATOMY, "Kidney"), "lungs": (_ANATOMY, "Lung"),
+    **{name: (_ANATOMY, "BloodVessel") for name in ("vessel", "vessels", "blood vessel", "blood vessels")},
+    **{name: (_ABNORMAL, "Neoplasm") for name in ("tumour", "tumor", "neoplasm", "liver tumour", "liver tumor")},
+    "lesion": (_ABNORMAL, "Lesion"), "edema": (_ABNORMAL, "Edema"), "oedema": (_ABNORMAL, "Edema"),
+}
+
+
+def segment_terms(name: str, label_codes: LabelCodes | None = None) -> tuple[Code, Code, Code | None]:
+    """(category, type, laterality or None) of a label name: ``label_codes`` (any case) first, then the table."""
+    from pydicom.sr.codedict import codes
+
+    given = {key.lower(): value for key, value in (label_codes or {}).items()}
+    if name.lower() in given:
+        return (*given[name.lower()], None)
+    words = name.lower().replace("_", " ").replace("-", " ").split()
+    side = next((word for word in words if word in ("left", "right")), None)
+    known = _TERMS.get(" ".join(word for word in words if word not in ("left", "right")))
+    if known is None:
+        return codes.cid7150.Tissue, codes.SCT.Tissue, None
+    modifier = getattr(codes.SCT, side.title()) if side else None
+    return getattr(codes.cid7150, known[0]), getattr(codes.SCT, known[1]), modifier
+
+
+def _segment_description(number: int, value: int, name: str, algorithm: object, codes: LabelCodes | None) -> Dataset:
+    import highdicom as hd
+
+    category, kind, modifier = segment_terms(name, codes)
+    description = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=name[:64], segmented_property_category=category,
+        segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        display_color=hd.color.CIELabColor.from_rgb(*bytes.fromhex(label_colour(value)[1:])))
+    if modifier is not None:
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            hd.sr.CodedConcept(modifier.value, modifier.scheme_designator, modifier.meaning)]
+    return description
