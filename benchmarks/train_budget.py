@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import tempfile
 import time
@@ -77,12 +78,15 @@ if __name__ == "__main__":
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="change a plan field")
     parser.add_argument("--seed", type=int, default=0, help="training seed (weights, sampling, augmentation)")
     parser.add_argument("--regions", type=Path, help="train and score the regions of this JSON file")
+    parser.add_argument("--reverse", action="store_true", help="swap split.json's train and test lists")
     args = parser.parse_args()
     root = data_set(args.dataset)
     dataset = discover_dataset(root)
     split = json.loads((root / "split.json").read_text())
     by_id = {c.case_id: c for c in dataset.cases}
     train_cases, test_cases = [by_id[c] for c in split["train"]], [by_id[c] for c in split["test"]]
+    if args.reverse:
+        train_cases, test_cases = test_cases, train_cases
     work = Path(tempfile.mkdtemp(prefix="medseg_bench_"))
     view = link_view(root, train_cases, work / "train_only", dataset.layout)
     plan_path = plan_with_changes(view, args.set, work / "plan.json", args.regions) if args.set else None
@@ -92,6 +96,7 @@ if __name__ == "__main__":
     bundle_dir = train(TrainRequest(data=view, run_dir=work / "run", fold="none", cache_root=work / "cache",
                                     plan_path=plan_path, progress_bar=False, regions_file=args.regions), config)
     train_seconds = time.perf_counter() - start
+    train_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB, training and caching
     bundle = load_bundle(bundle_dir)
     references = work / "references"
     references.mkdir()
@@ -108,14 +113,17 @@ if __name__ == "__main__":
     emit(f"train_{args.dataset}", {
         "budget": f"{args.epochs} epochs" if args.epochs else args.budget, "plan_changes": args.set, "seed": args.seed,
         "regions": [r.name for r in bundle.plan.regions],
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(train_seconds, 1), "trained_on": [c.case_id for c in train_cases],
+        "train_peak_rss_mib": round(train_peak_rss),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "steps": bundle.metrics["folds"]["none"]["steps"], "test_cases": len(test_cases),
         "dice": dice, "mean_dice": round(summary["mean_dice"], 4), "hd95_mm": hd95,
         "scored_inside": "FOV" if region else "whole image",
         "predict_seconds_per_case": round(sum(c["seconds"] for c in manifest["cases"]) / len(test_cases), 3),
         "tta": manifest["tta"],
         "plan": {"dim": bundle.plan.dim, "patch": bundle.plan.patch_size, "batch": bundle.plan.batch_size,
-                 "features": bundle.plan.features, "precision": bundle.plan.precision},
+                 "features": bundle.plan.features, "precision": bundle.plan.precision,
+                 "spacing": bundle.plan.target_spacing},
     })
     if args.keep:
         shutil.rmtree(args.keep, ignore_errors=True)
