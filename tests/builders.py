@@ -374,19 +374,24 @@ class Orthanc:
     """A real Orthanc (Debian's ``Orthanc`` binary) with a temporary config and storage, on free loopback ports;
     ``modalities`` maps a name to ``[AET, host, port]``. Use as a context manager; skips when not installed."""
 
-    def __init__(self, folder: Path, modalities: dict[str, list], aet: str = "ORTHANC") -> None:
+    def __init__(self, folder: Path, modalities: dict[str, list], aet: str = "ORTHANC", dicomweb: bool = False) -> None:
         import shutil
 
         binary = shutil.which("Orthanc")
         if binary is None:
             pytest.skip("Orthanc is not installed (apt-get install orthanc; .ci/run does it as root)")
+        plugins = [str(p) for p in Path("/usr/share/orthanc/plugins").glob("libOrthancDicomWeb.so*")]
+        if dicomweb and not plugins:
+            pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
         self.binary, self.folder, self.aet = binary, folder, aet
         self.http_port, self.dicom_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb_url = self.url + "/dicom-web"
         config = {"Name": "medseg-test", "StorageDirectory": str(folder / "storage"),
                   "IndexDirectory": str(folder / "index"), "HttpPort": self.http_port, "DicomPort": self.dicom_port,
                   "DicomAet": aet, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-                  "DicomModalities": modalities, "Plugins": [], "DicomScuTimeout": 10, "StableAge": 1,
+                  "DicomModalities": modalities, "Plugins": plugins[:1] if dicomweb else [],
+                  "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"}, "DicomScuTimeout": 10, "StableAge": 1,
                   "ConcurrentJobs": 1, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
                   "HttpTimeout": 30}
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from builders import Orthanc, ct_series_datasets, free_port, sr_dataset, write_datasets, write_series
+from builders import Orthanc, ct_series_datasets, free_port, run_cli, sr_dataset, write_datasets, write_series
 from medseg.errors import MedsegError
 from medseg.pacs import DicomNode, load_label_codes, load_rules, parse_destination, segment_series, series_image
 from medseg.pacs.rules import model_name
@@ -275,3 +275,63 @@ def test_orthanc_sends_a_series_and_gets_the_seg_back(tmp_path: Path, bundle_3d:
         assert secret not in caplog.text
     assert short_hash(datasets[0].SeriesInstanceUID) in caplog.text
     assert time.monotonic() - start < 90
+
+
+def test_dicomweb_worker_segments_a_study_once_and_confirms_the_store(tmp_path: Path, bundle_3d: Path,
+                                                                    capsys) -> None:
+    """QIDO-RS, WADO-RS and STOW-RS against Orthanc's DICOMweb plugin: the SEG lands in the study, a second run
+    skips the series a medseg SEG references, and an SR in the study is left alone."""
+    import io
+
+    from dicomweb_client.api import DICOMwebClient
+
+    from medseg.bundle import load_bundle
+    from medseg.infer.predict import Predictor
+    from medseg.pacs import DicomWebWorker
+
+    datasets = ct_series_datasets(n=8, shape=(32, 28))
+    study = str(datasets[0].StudyInstanceUID)
+    report = sr_dataset(study)
+    with Orthanc(tmp_path / "orthanc", {}, dicomweb=True) as pacs:
+        for ds in [*datasets, report]:
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            pacs.request("POST", "/instances", buffer.getvalue())
+        worker = DicomWebWorker(DICOMwebClient(pacs.dicomweb_url), {"blobs": Predictor(load_bundle(bundle_3d))})
+        first = {o.status: o for o in worker.run_study(study)}
+        assert set(first) == {"segmented", "skipped"}, [o.to_dict() for o in first.values()]
+        assert "not an image series" in first["skipped"].detail
+        (seg_series,) = pacs.find("Series", {"Modality": "SEG"})
+        (series,) = pacs.find("Series", {"SeriesInstanceUID": str(datasets[0].SeriesInstanceUID)})
+        assert seg_series["ParentStudy"] == series["ParentStudy"]  # into the same study
+        code = run_cli("dicomweb", str(bundle_3d), "--url", pacs.dicomweb_url, "--study", study)  # again, by CLI
+        assert code == 0
+        again = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        assert [o["status"] for o in again] == ["skipped"] * 3  # CT (SEG references it), SR, the SEG itself
+        assert any("references it already" in o["detail"] for o in again)
+        assert len(pacs.find("Series", {"Modality": "SEG"})) == 1  # nothing stored twice
+
+
+def test_a_store_that_qido_cannot_find_is_a_failure_not_a_success(bundle_3d: Path) -> None:
+    from medseg.bundle import load_bundle
+    from medseg.infer.predict import Predictor
+    from medseg.pacs import DicomWebWorker
+
+    datasets = ct_series_datasets(n=8, shape=(32, 28))
+
+    class ForgetfulServer:  # answers the store, then never shows the SEG (a 200 is not proof)
+        def search_for_series(self, study_instance_uid, get_remaining):
+            return [datasets[0].to_json_dict()]
+
+        def retrieve_series(self, study, series):
+            return datasets
+
+        def store_instances(self, datasets, study_instance_uid):
+            return None
+
+        def search_for_instances(self, **query):
+            return []
+
+    worker = DicomWebWorker(ForgetfulServer(), {"blobs": Predictor(load_bundle(bundle_3d))})
+    (outcome,) = worker.run_study(str(datasets[0].StudyInstanceUID))
+    assert outcome.status == "failed" and "QIDO-RS does not find the SEG" in outcome.detail

@@ -17,8 +17,8 @@ from medseg.errors import MedsegError
 __all__ = ["app", "main", "parse_duration"]
 
 # `medseg --help` lists the commands in the order of the job, not in the order their modules were imported
-COMMAND_ORDER = ["check", "split", "convert", "plan", "train", "predict", "export", "serve", "dicom_node", "evaluate",
-                 "report", "demo"]
+COMMAND_ORDER = ["check", "split", "convert", "plan", "train", "predict", "export", "serve", "dicom_node", "dicomweb",
+                 "evaluate", "report", "demo"]
 app.registered_commands.sort(key=lambda command: COMMAND_ORDER.index(command.callback.__name__))
 
 

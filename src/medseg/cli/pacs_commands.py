@@ -65,3 +65,62 @@ def dicom_node(
     out.print(f"DICOM node {aet} on {host}:{port} with {', '.join(models)}; SEGs to {destination}", markup=False,
               highlight=False)
     node.serve_forever(host, port)
+
+
+def _predictors(bundles: list[Path], backend: str) -> dict:
+    """Name -> Predictor for each bundle, named as rules name them."""
+    from medseg.bundle import load_bundle
+    from medseg.infer.predict import PredictOptions, Predictor
+    from medseg.pacs.rules import model_name
+
+    models: dict = {}
+    for folder in bundles:
+        bundle = load_bundle(folder)
+        models[model_name(bundle.folder, bundle.plan.dataset_name, set(models))] = Predictor(
+            bundle, PredictOptions(backend=backend))
+    return models
+
+
+@app.command("dicomweb")
+def dicomweb(
+    bundles: Annotated[list[Path], typer.Argument(help="One or more model bundle folders (the first is the "
+                                                       "default model).")],
+    url: Annotated[str, typer.Option(help="The DICOMweb root, e.g. http://pacs:8042/dicom-web.")],
+    study: Annotated[list[str] | None, typer.Option(help="StudyInstanceUID to segment (repeatable).")] = None,
+    since: Annotated[str | None, typer.Option(help="Segment every study on or after this date (YYYYMMDD).")]
+    = None,
+    rules: Annotated[Path | None, typer.Option(help="Which model runs on which series (as `medseg dicom-node "
+                                                    "--rules`).")] = None,
+    label_codes: Annotated[Path | None, typer.Option(help="JSON: label name -> segment category and type codes.")]
+    = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding a bearer token for the server.")] = None,
+    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")] = "torch",
+) -> None:
+    """Segment studies on a DICOMweb server: QIDO-RS finds the series, WADO-RS fetches them, STOW-RS stores each
+    SEG into the same study, and QIDO-RS confirms it. Series that a medseg SEG references already are skipped.
+
+    Example: medseg dicomweb runs/liver/bundle --url http://pacs:8042/dicom-web --study 1.2.840.113619...
+    Prints one JSON line a series (no patient data); exit 1 when a series failed.
+    """
+    import json
+
+    from dicomweb_client.api import DICOMwebClient
+
+    from medseg.errors import MedsegError
+    from medseg.pacs import DicomWebWorker, load_label_codes, load_rules
+    from medseg.serve import load_token
+
+    if not study and since is None:
+        raise MedsegError("no study to segment", "--study", "give --study UID (repeatable) or --since YYYYMMDD")
+    token = load_token(token_file) if token_file else None
+    client = DICOMwebClient(url, headers={"Authorization": f"Bearer {token}"} if token else None)
+    models = _predictors(bundles, backend)
+    worker = DicomWebWorker(client, models, load_rules(rules, list(models)), load_label_codes(label_codes))
+    studies = list(study or []) + (worker.studies_since(since) if since else [])
+    failed = 0
+    for uid in studies:
+        for outcome in worker.run_study(uid):
+            failed += outcome.status == "failed"
+            out.print(json.dumps(outcome.to_dict()), markup=False, highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
