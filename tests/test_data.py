@@ -331,3 +331,15 @@ def test_a_uint16_ct_with_a_rescale_slope_reads_as_hounsfield_units(tmp_path):
     nib.save(nii, tmp_path / "ct.nii.gz")
     image = read_image(tmp_path / "ct.nii.gz")
     assert image.array.min() == int(stored.min()) - 1024 and image.array.max() == int(stored.max()) - 1024
+
+
+def test_a_declared_label_absent_from_every_mask_is_a_warning_not_a_problem(tmp_path):
+    root = make_decathlon(tmp_path / "ds", cases=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = {"0": "background", "1": "tumour", "2": "edema", "3": "necrosis"}  # no case holds necrosis
+    (root / "dataset.json").write_text(json.dumps(meta))
+    report = check_dataset(discover_dataset(root), workers=1)
+    assert report.ok  # trainable: one or two cases of a site may lack a tumour type
+    (warning,) = report.warnings
+    assert "declared label 3 (necrosis) occurs in no mask" in warning.what
+    assert report.to_dict()["warnings"][0]["what"] == warning.what

@@ -61,6 +61,8 @@ def _print_check(report, seconds: float) -> None:  # noqa: ANN001 - CheckReport,
     if summary.get("split"):
         table.add_row("split.json", str(summary["split"]))
     out.print(table)
+    for warning in report.warnings:
+        out.print(f"warning: {warning.line()}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     if report.problems:
         out.print(f"[red]{len(report.problems)} problem(s):[/red]")
         for problem in report.problems:

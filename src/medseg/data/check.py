@@ -50,7 +50,8 @@ class CaseStats:
 class CheckReport:
     dataset: Dataset
     stats: list[CaseStats]
-    problems: list[Problem]
+    problems: list[Problem]  # the data set cannot be trained on until they are fixed
+    warnings: list[Problem] = field(default_factory=list)  # worth a look; training goes on
 
     @property
     def ok(self) -> bool:
@@ -75,6 +76,7 @@ class CheckReport:
             "ok": self.ok,
             "summary": self.summary(),
             "problems": [p.to_dict() for p in self.problems],
+            "warnings": [w.to_dict() for w in self.warnings],
         }
 
 
@@ -253,11 +255,11 @@ def check_dataset(
     stats = [s for s, _ in results if s is not None]
     problems = list(dataset.problems) + [p for _, ps in results for p in ps]
     problems += _consistency_problems(dataset, stats)
-    return CheckReport(dataset, stats, problems)
+    return CheckReport(dataset, stats, problems, _consistency_warnings(dataset, stats))
 
 
 def _consistency_problems(dataset: Dataset, stats: list[CaseStats]) -> list[Problem]:
-    """Problems across cases: mixed dimensions or channel counts, a declared label that never occurs."""
+    """Problems across cases: mixed dimensions or channel counts, undeclared label values that are not 0..K."""
     problems = []
     for attr, what in (("dim", "dimension"), ("channels", "channel count")):
         values = [getattr(s, attr) for s in stats]
@@ -272,15 +274,18 @@ def _consistency_problems(dataset: Dataset, stats: list[CaseStats]) -> list[Prob
                     ))
     if not dataset.labels and stats:
         problems += _undeclared_gaps(dataset, stats)
-    if dataset.labels and stats:
-        seen = {v for s in stats for v in s.label_counts}
-        for value, name in dataset.labels.items():
-            if value not in seen and value != 0:
-                problems.append(Problem(
-                    str(dataset.root), f"declared label {value} ({name}) occurs in no mask",
-                    "remove it from the labels or check the masks",
-                ))
     return problems
+
+
+def _consistency_warnings(dataset: Dataset, stats: list[CaseStats]) -> list[Problem]:
+    """What is odd but trainable: a declared label that occurs in no mask (a tumour type absent from the one or
+    two cases a site has; the network then never predicts it)."""
+    if not dataset.labels or not stats:
+        return []
+    seen = {v for s in stats for v in s.label_counts}
+    return [Problem(str(dataset.root), f"declared label {value} ({name}) occurs in no mask: the model will never "
+                    "predict it", "check the masks, or remove the label from dataset.json if it is not meant to be "
+                    "there") for value, name in dataset.labels.items() if value not in seen and value != 0]
 
 
 def _undeclared_gaps(dataset: Dataset, stats: list[CaseStats]) -> list[Problem]:

@@ -66,6 +66,8 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, Splits, Path, dict[str, An
     dataset = report.dataset
     write_text_atomic(run / "check.json", json.dumps(report.to_dict(), indent=1))
     report.raise_if_failed()
+    for warning in report.warnings:
+        log.warning(warning.line())
     fingerprint = fingerprint_from_report(report)
     write_text_atomic(run / RUN_FINGERPRINT_FILE, json.dumps(fingerprint.to_dict()))
     if request.plan_path:
