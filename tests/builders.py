@@ -446,3 +446,48 @@ class Orthanc:
 
     def find(self, level: str, query: dict) -> list[dict]:
         return self.post("/tools/find", {"Level": level, "Query": query, "Expand": True})
+
+
+# Model updates (fine-tuning, compare): data sets derived from another, bundles altered by construction
+def shifted_copy(source: Path, target: Path, spacing: tuple[float, ...] | None = None, scale: float = 1.0,
+                 offset: float = 0.0, relabel: dict[int, int] | None = None, labels: dict[str, int] | None = None,
+                 ) -> Path:
+    """A copy of the decathlon-style data set ``source`` with every image on ``spacing`` (x, y, z; default
+    kept) and intensities ``image * scale + offset``; ``relabel`` renumbers mask values and ``labels`` replaces
+    ``dataset.json``'s labels."""
+    from medseg.io import read_image
+
+    for folder in ("imagesTr", "labelsTr"):
+        (target / folder).mkdir(parents=True)
+        for path in sorted((source / folder).glob("*.nii.gz")):
+            image = read_image(path)
+            array = image.array
+            if folder == "imagesTr":
+                array = array * scale + offset
+            elif relabel:
+                array = np.vectorize(lambda v: relabel.get(int(v), int(v)))(array).astype(array.dtype)
+            write_image(Image.from_array(array, spacing=tuple(spacing or image.spacing)), target / folder / path.name)
+    meta = json.loads((source / "dataset.json").read_text())
+    if labels is not None:
+        meta["labels"] = labels
+    (target / "dataset.json").write_text(json.dumps(meta))
+    return target
+
+
+def zero_output_bundle(bundle: Path, target: Path) -> Path:
+    """A copy of ``bundle`` whose every fold predicts background everywhere (output convolutions zeroed, the
+    background bias 1), without ``lineage.json``: an old-style bundle, its version computed on load."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(bundle, target)
+    (target / "lineage.json").unlink(missing_ok=True)
+    for weights in target.glob("fold_*.safetensors"):
+        state = load_file(str(weights))
+        for name in [n for n in state if n.startswith("output_block.")]:
+            state[name] = state[name] * 0
+            if name.endswith("bias"):
+                state[name][0] = 1.0
+        save_file(state, str(weights))
+    return target

@@ -7,6 +7,7 @@
       postprocess.json       chosen post-processing (written by the post-processing step)
       model_card.md          data, labels, figures, intended use, limits
       drift_reference.json   what the service's drift check compares scans with (see below)
+      lineage.json           version (content hash), parent bundle version, data fingerprint hash, when
 
 No pickles: weights are safetensors, everything else JSON or Markdown. The file names are the constants below.
 
@@ -15,13 +16,21 @@ foreground's [0.5, 99.5] intensity percentiles, per axis the smallest and larges
 it: that is all the check reads, and the full fingerprint holds the shape and spacing of every training case,
 which need not travel with a model that is handed on. Bundles written before it existed still load; for them the
 run's ``fingerprint.json`` next to the bundle folder is read, as before (see :func:`read_drift_reference`).
+
+The bundle's *version* is a content hash: the short sha256 of its ``plan.json`` and weights files
+(:func:`bundle_version`), so two bundles of one version hold the same network and preprocessing. It is written,
+with the parent's version of a fine-tuned bundle (the plan's ``init_from``) and the hash of the training data's
+fingerprint, into ``lineage.json`` and the model card when the bundle is finished; a bundle without
+``lineage.json`` (written before it existed) has its version computed when it is read (:attr:`Bundle.lineage`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +52,8 @@ DRIFT_FILE = "drift_reference.json"
 RUN_FINGERPRINT_FILE = "fingerprint.json"  # in the run folder, one above bundle/: the drift source of old bundles
 FOLD_WEIGHTS = "fold_{fold}.safetensors"
 DRIFT_FORMAT = 1
+LINEAGE_FILE = "lineage.json"
+VERSION_CHARS = 12  # the short form of the sha256 content hash
 
 
 def fold_weights_name(fold: str) -> str:
@@ -65,6 +76,19 @@ class Bundle:
 
     def fold_weights(self, fold: str) -> Path:
         return self.folder / fold_weights_name(fold)
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        """``lineage.json``, or for a bundle without one the version computed now and the plan's parent."""
+        path = self.folder / LINEAGE_FILE
+        if path.exists():
+            return read_json_object(path)
+        return {"version": bundle_version(self.folder), "parent": self.plan.init_from, "data_fingerprint": None,
+                "medseg_version": self.plan.medseg_version, "created": None, "computed_on_load": True}
+
+    @property
+    def version(self) -> str:
+        return str(self.lineage.get("version") or bundle_version(self.folder))
 
     def load_models(self, folds: list[str] | None = None) -> list[nn.Module]:
         # imported here so that reading a bundle's files (the report, post-processing) does not import torch
@@ -121,8 +145,43 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
+def bundle_version(folder: str | Path) -> str:
+    """The bundle's content hash: sha256 over ``plan.json`` and every ``fold_K.safetensors`` (names and bytes, in
+    name order), short form."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for name in [PLAN_FILE, *(fold_weights_name(f) for f in folds_with_weights(folder))]:
+        digest.update(name.encode() + b"\0")
+        with open(folder / name, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:VERSION_CHARS]
+
+
+def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    """Short sha256 of a fingerprint (``fingerprint.json``'s content), keys sorted."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:VERSION_CHARS]
+
+
+def write_lineage(folder: Path, plan: Plan, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``lineage.json`` for a finished bundle (weights and plan in place); returns its content."""
+    lineage = {"version": bundle_version(folder), "parent": plan.init_from,
+               "data_fingerprint": fingerprint_hash(fingerprint) if fingerprint is not None else None,
+               "medseg_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_text_atomic(folder / LINEAGE_FILE, json.dumps(lineage, indent=1) + "\n")
+    return lineage
+
+
+def _lineage_lines(lineage: dict[str, Any] | None) -> str:
+    if not lineage:
+        return ""
+    parent = f"fine-tuned from bundle `{lineage['parent']}`" if lineage.get("parent") else "trained from scratch"
+    return (f"\n## Version\n- Version `{lineage['version']}` (sha256 of plan.json and the weights); {parent}.\n"
+            f"- Training data fingerprint `{lineage.get('data_fingerprint')}`; created {lineage.get('created')}.\n")
+
+
 def write_model_card(folder: Path, plan: Plan, summary: dict[str, Any], metrics: dict[str, Any],
-                     command: str) -> Path:
+                     command: str, lineage: dict[str, Any] | None = None) -> Path:
     labels = "\n".join(f"| {v} | {name} |" for v, name in sorted(plan.labels.items()))
     rows = []
     for fold, m in sorted(metrics.get("folds", {}).items()):
@@ -153,7 +212,7 @@ loss {plan.loss}, optimiser {plan.optimizer}, precision {plan.precision}; target
 | fold | cases | {head} | mean | steps | seconds |
 |---|---|{'---|' * len(plan.scored_classes)}---|---|---|
 {chr(10).join(rows) or '| (no validation: trained on all cases) |'}
-
+{_lineage_lines(lineage)}
 ## Intended use and limits
 For research. It segments images like those it was trained on (same modality, field of view and
 resolution range); on other scanners, protocols or populations its accuracy is unknown until measured.

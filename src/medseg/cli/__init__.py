@@ -18,7 +18,7 @@ __all__ = ["app", "main", "parse_duration"]
 
 # `medseg --help` lists the commands in the order of the job, not in the order their modules were imported
 COMMAND_ORDER = ["check", "split", "convert", "plan", "train", "predict", "export", "serve", "dicom_node", "dicomweb",
-                 "evaluate", "report", "demo"]
+                 "evaluate", "compare", "report", "demo"]
 app.registered_commands.sort(key=lambda command: COMMAND_ORDER.index(command.callback.__name__))
 
 

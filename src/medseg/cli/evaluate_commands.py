@@ -76,3 +76,40 @@ def report(
     out.print(str(build_report(run_dir, output, evaluation_dir=evaluation)), markup=False, highlight=False,
               soft_wrap=True)
 
+
+
+@app.command()
+def compare(
+    bundle_a: Annotated[Path, typer.Argument(help="The model in use (A).")],
+    bundle_b: Annotated[Path, typer.Argument(help="The candidate (B).")],
+    data: Annotated[Path, typer.Argument(help="Labelled data set: its split.json test list, else every case.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="HTML report (the JSON goes next to it).")] = Path(
+        "compare.html"),
+    allow_worse: Annotated[bool, typer.Option("--allow-worse", help="Exit 0 even when B is significantly worse.")]
+    = False,
+    workers: Annotated[int, typer.Option(help="Evaluation processes (0: automatic).")] = 0,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Score two bundles on the same cases: per class Dice/HD95, B - A with a paired bootstrap 95 % interval, the
+    cases where B is worse, side-by-side overlays. Exit code 1 when B is significantly worse on a class.
+
+    Example: medseg compare runs/v1/bundle runs/v2/bundle data/Task04_Hippocampus -o compare.html
+    """
+    from medseg.report import compare_bundles
+
+    start = time.perf_counter()
+    result = compare_bundles(bundle_a, bundle_b, data, output, workers=workers or None, seed=seed)
+    table = Table(title=f"B ({result.version_b}) - A ({result.version_a}) on {len(result.cases)} case(s)")
+    for column in ("label", "metric", "mean A", "mean B", "B - A", "95% CI"):
+        table.add_column(column, justify="left" if column in ("label", "metric") else "right")
+    for d in result.differences:
+        table.add_row(d.label, d.metric, _fmt(d.mean_a), _fmt(d.mean_b), _fmt(d.difference),
+                      f"[{_fmt(d.ci_low)}, {_fmt(d.ci_high)}]")
+    out.print(table)
+    out.print(f"{len(result.worse_cases)} case(s) worse with B; wrote {output} and {output.with_suffix('.json')} in "
+              f"{time.perf_counter() - start:.1f} s", markup=False, highlight=False, soft_wrap=True)
+    if result.b_worse:
+        console.print(f"B is significantly worse on: {', '.join(result.worse_classes)}", style="red", markup=False,
+                      highlight=False)
+        if not allow_worse:
+            raise typer.Exit(1)

@@ -36,20 +36,32 @@ def train(
     workers: Annotated[int, typer.Option(help="Processes for checking and preprocessing (0: automatic).")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     regions: RegionsOption = None,
+    init: Annotated[Path | None, typer.Option(
+        "--init", help="Fine-tune this bundle: its plan (spacing, normalisation, network) and weights, learning rate "
+                       "x0.1, and without --budget/--epochs a quarter of its steps.")] = None,
+    label_map: Annotated[str | None, typer.Option(
+        "--label-map", help="With --init: bundle label value to data label value, e.g. 1:1,2:3; unmapped labels "
+                            "get fresh output rows (default: labels of the same name).")] = None,
 ) -> None:
     """Train a model: check, plan, preprocess (cached), train, write RUN/bundle.
 
     Example: medseg train data/Task04_Hippocampus -o runs/hippo --budget 15m
+
+    Fine-tuning: medseg train data/site_b -o runs/site_b --init runs/hippo/bundle
     """
     from medseg.bundle import METRICS_FILE
     from medseg.train import TrainConfig, TrainRequest
     from medseg.train import train as run_training
+    from medseg.train.finetune import parse_label_map
 
-    if budget is None and epochs is None:
+    if budget is None and epochs is None and init is None:
         raise MedsegError("say how long to train", "medseg train", "add --budget 15m or --epochs N")
+    if label_map and init is None:
+        raise MedsegError("--label-map maps a bundle's labels", "--label-map", "use it with --init BUNDLE")
     request = TrainRequest(data=data, run_dir=output, dim=parse_dim(dim), fold=fold, folds=folds, model=model,
                            loss=loss, optimizer=optimizer, plan_path=plan_file, cache_root=cache,
-                           workers=workers or None, progress_bar=not no_progress, regions_file=regions)
+                           workers=workers or None, progress_bar=not no_progress, regions_file=regions,
+                           init=init, label_map=parse_label_map(label_map))
     config = TrainConfig(epochs=epochs, budget_s=parse_duration(budget) if budget else None, seed=seed,
                          patience=patience, deterministic=deterministic, resume=resume)
     bundle = run_training(request, config)

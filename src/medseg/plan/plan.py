@@ -84,6 +84,11 @@ class Plan:
     # class value -> the value masks hold on disk, where the declared label values are not 0..K (a 0/255 mask is
     # trained as 0/1 and predicted back as 0/255); {} when they are (see medseg.data.dataset.consecutive_labels)
     label_values: dict[int, int] = field(default_factory=dict)
+    # fine-tuning (``medseg train --init BUNDLE``): the parent bundle's version (medseg.bundle.bundle_version), None
+    # for a model trained from scratch; and how it was fine-tuned (lr_scale, parent_learning_rate, label_map
+    # {"old": new}, fresh_classes, steps, schedule_scale, fingerprint_differences, parent_bundle); {} when not
+    init_from: str | None = None
+    fine_tune: dict[str, Any] = field(default_factory=dict)
     version: int = PLAN_VERSION
     medseg_version: str = __version__
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,6 +71,13 @@ class Metrics:
         self.drift = Counter("medseg_input_drift", "Inputs flagged as unlike the training data", ["model"],
                              registry=r)
         self.cases = Counter("medseg_cases", "Cases segmented", ["model", "outcome"], registry=r)
+        self.model = Info("medseg_model", "Each served model's bundle version (content hash of weights and plan) "
+                          "and lineage", ["model"], registry=r)
+
+    def show_model(self, name: str, lineage: dict) -> None:
+        """``medseg_model_info{model, version, parent, data_fingerprint}``: which bundle answers as ``name``."""
+        self.model.labels(name).info({key: str(lineage.get(key) or "")
+                                      for key in ("version", "parent", "data_fingerprint")})
 
     def show(self, admission: Admission) -> None:
         """Set the gauges from the slots."""

@@ -96,7 +96,7 @@ def create_app(bundles: Sequence[str | Path], config: ServeConfig | None = None)
     """The ASGI app serving ``bundles``; models are loaded here, once."""
     config = config or ServeConfig()
     metrics = Metrics()
-    served = load_models(bundles, config)
+    served = load_models(bundles, config, metrics)
     for name, model in served.items():
         metrics.load.labels(name).set(model.load_seconds)
     admission = Admission(config.max_concurrency, config.max_queue)

@@ -66,6 +66,7 @@ class Served:
     predictor: Predictor
     drift: DriftReference
     load_seconds: float
+    lineage: dict[str, Any] = dataclasses.field(default_factory=dict)  # the bundle's version and parent
 
     def describe(self) -> dict[str, Any]:
         plan, metrics = self.bundle.plan, self.bundle.metrics
@@ -77,7 +78,8 @@ class Served:
                 "dimension": plan.data_dim, "model": plan.model, "folds": self.bundle.folds,
                 "backend": self.predictor.options.backend, "tta": self.predictor.tta,
                 "training": {"folds": folds, "inference": metrics.get("inference", {})},
-                "drift_reference": self.drift.source}
+                "drift_reference": self.drift.source, "bundle_version": self.lineage.get("version"),
+                "lineage": self.lineage}
 
 
 def model_name(bundle: Bundle, taken: set[str]) -> str:
@@ -91,8 +93,9 @@ def model_name(bundle: Bundle, taken: set[str]) -> str:
     return name
 
 
-def load_models(bundles: Sequence[str | Path], config: ServeConfig) -> dict[str, Served]:
-    """Name -> served model for each bundle folder, each loaded once."""
+def load_models(bundles: Sequence[str | Path], config: ServeConfig, metrics: Metrics | None = None,
+                ) -> dict[str, Served]:
+    """Name -> served model for each bundle folder, each loaded once (with ``metrics``: its version shown)."""
     models: dict[str, Served] = {}
     for folder in bundles:
         start = time.perf_counter()
@@ -100,7 +103,9 @@ def load_models(bundles: Sequence[str | Path], config: ServeConfig) -> dict[str,
         predictor = Predictor(bundle, PredictOptions(backend=config.backend, tta=config.tta, device=config.device))
         seconds = time.perf_counter() - start
         name = model_name(bundle, set(models))
-        models[name] = Served(name, bundle, predictor, DriftReference.from_bundle(bundle), seconds)
+        models[name] = Served(name, bundle, predictor, DriftReference.from_bundle(bundle), seconds, bundle.lineage)
+        if metrics is not None:
+            metrics.show_model(name, models[name].lineage)
     return models
 
 

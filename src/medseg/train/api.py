@@ -19,8 +19,10 @@ from medseg.bundle import (
     METRICS_FILE,
     POSTPROCESS_FILE,
     RUN_FINGERPRINT_FILE,
+    load_bundle,
     write_bundle_fold,
     write_drift_reference,
+    write_lineage,
     write_model_card,
 )
 from medseg.data import CheckReport, Splits, check_dataset, discover_dataset, load_splits, make_splits, write_splits
@@ -30,6 +32,7 @@ from medseg.plan import LossName, Machine, ModelName, OptimizerName, Plan, finge
 from medseg.postprocess import save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
 from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, evaluate_fold, measure_tta
+from medseg.train.finetune import LR_SCALE, fine_tune_config, fine_tune_plan, init_from_parent
 from medseg.train.hooks import CurveHook, LogHook, ProgressHook
 from medseg.train.loop import TrainConfig, Trainer, is_main_process
 
@@ -51,6 +54,9 @@ class TrainRequest:
     check: CheckReport | None = None  # `medseg check` already run on `data` (the demo): reused, not read again
     progress_bar: bool = True
     regions_file: Path | None = None  # region labels for a data set that declares none (see medseg.data.regions)
+    init: Path | None = None  # fine-tune this bundle (see medseg.train.finetune); its plan replaces planning
+    label_map: dict[int, int] | None = None  # with init: bundle label value -> data label value
+    lr_scale: float = LR_SCALE  # with init: the bundle's learning rate times this
 
 
 def default_cache_root() -> Path:
@@ -70,7 +76,11 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, Splits, Path, dict[str, An
         log.warning(warning.line())
     fingerprint = fingerprint_from_report(report)
     write_text_atomic(run / RUN_FINGERPRINT_FILE, json.dumps(fingerprint.to_dict()))
-    if request.plan_path:
+    if request.init is not None:
+        if request.plan_path:
+            raise MedsegError("--init takes the bundle's plan", request.plan_path, "give --init or --plan, not both")
+        plan = fine_tune_plan(load_bundle(request.init), fingerprint, request.label_map, request.lr_scale)
+    elif request.plan_path:
         plan = Plan.load(request.plan_path)
     else:
         plan = make_plan(fingerprint, dim=request.dim, machine=Machine.detect(), model=request.model,
@@ -123,7 +133,12 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
         hooks = [LogHook(folder), CurveHook(folder / "curve.png")]
         if request.progress_bar:
             hooks.insert(0, ProgressHook())
-        trainer = Trainer(plan, train_cases, val_cases, folder, config, fold_name=fold, hooks=hooks)
+        trainer = Trainer(plan, train_cases, val_cases, folder, fine_tune_config(config, plan, len(train_cases)),
+                          fold_name=fold, hooks=hooks)
+        if request.init is not None and not config.resume:
+            fresh = init_from_parent(trainer.model, plan, request.init)
+            log.info("fold %s starts from bundle %s%s", fold, plan.init_from,
+                     f"; fresh output rows for class(es) {fresh}" if fresh else "")
         metrics = trainer.run()
         if is_main_process():
             write_bundle_fold(bundle, plan, fold, folder / "last.safetensors", metrics)
@@ -136,20 +151,28 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     if is_main_process():
         if pooled:
             save_postprocessing(choose_for_folds(plan, pooled, held_out), bundle / POSTPROCESS_FILE)
-        all_metrics = json.loads((bundle / METRICS_FILE).read_text())
-        if tta:
-            # a fold whose plan mirrors no axis (labels told apart by side) measured no TTA: it counts as no gain
-            gains = [t["dice_tta"] - t["dice_plain"] for t in tta.values() if "dice_tta" in t]
-            use_tta = bool(gains) and bool(np.nanmean(gains) > TTA_MIN_GAIN)
-            all_metrics["inference"] = {"tta": use_tta, "tta_check": tta}
-            write_text_atomic(bundle / METRICS_FILE, json.dumps(all_metrics, indent=1) + "\n")
-        write_model_card(bundle, plan, summary, all_metrics, " ".join(["medseg", *sys.argv[1:]]))
-        if (run / RUN_FINGERPRINT_FILE).exists():  # the bundle carries what drift checks need (self-contained)
-            write_drift_reference(bundle, json.loads((run / RUN_FINGERPRINT_FILE).read_text()))
+        _finish_bundle(run, bundle, plan, summary, tta)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return bundle
+
+
+def _finish_bundle(run: Path, bundle: Path, plan: Plan, summary: dict[str, Any], tta: dict[str, Any]) -> None:
+    """The TTA decision, drift reference, lineage (version) and model card of a bundle whose folds are written."""
+    all_metrics = json.loads((bundle / METRICS_FILE).read_text())
+    if tta:
+        # a fold whose plan mirrors no axis (labels told apart by side) measured no TTA: it counts as no gain
+        gains = [t["dice_tta"] - t["dice_plain"] for t in tta.values() if "dice_tta" in t]
+        use_tta = bool(gains) and bool(np.nanmean(gains) > TTA_MIN_GAIN)
+        all_metrics["inference"] = {"tta": use_tta, "tta_check": tta}
+        write_text_atomic(bundle / METRICS_FILE, json.dumps(all_metrics, indent=1) + "\n")
+    fingerprint = None
+    if (run / RUN_FINGERPRINT_FILE).exists():  # the bundle carries what drift checks need (self-contained)
+        fingerprint = json.loads((run / RUN_FINGERPRINT_FILE).read_text())
+        write_drift_reference(bundle, fingerprint)
+    lineage = write_lineage(bundle, plan, fingerprint)
+    write_model_card(bundle, plan, summary, all_metrics, " ".join(["medseg", *sys.argv[1:]]), lineage)
 
 
 def _reload_run(request: TrainRequest, cache: Path | None = None) -> tuple[Plan, Splits, Path, dict]:
