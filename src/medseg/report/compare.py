@@ -26,7 +26,6 @@ from medseg.data.dataset import discover_dataset
 from medseg.errors import MedsegError
 from medseg.evaluate import EvaluationResult, evaluate_folders
 from medseg.evaluate.compare import RESAMPLES, ComparisonResult, compare_evaluations
-from medseg.infer.cohort import PredictInput, predict_paths
 from medseg.io import image_suffix, read_image
 from medseg.io.atomic import write_text_atomic
 from medseg.report import html
@@ -51,6 +50,8 @@ def compare_bundles(a: str | Path, b: str | Path, data: str | Path, out: str | P
         raise MedsegError(f"bundle A takes {bundle_a.plan.data_dim}D images of {bundle_a.plan.channels} channel(s), "
                           f"B {bundle_b.plan.data_dim}D of {bundle_b.plan.channels}", bundle_b.folder,
                           "compare bundles made for the same kind of images")
+    from medseg.infer.cohort import PredictInput, predict_paths  # torch: only when bundles are compared
+
     cases = comparison_cases(Path(data))
     with tempfile.TemporaryDirectory(prefix="medseg-compare-") as scratch:
         root = Path(predictions) if predictions is not None else Path(scratch)
