@@ -35,8 +35,9 @@ def predict(
     probabilities: Annotated[bool, typer.Option(help="Also save per-class probabilities.")] = False,
     uncertainty: Annotated[bool, typer.Option(help="Also save a voxel-wise uncertainty map (entropy).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="same (the input's; PNG for JPEG, NIfTI for DICOM), nii.gz, "
-                                                      "png, nrrd, mha, or dicom-seg (DICOM inputs: a DICOM SEG "
-                                                      "referencing the source series).")] = "same",
+                                                      "png, nrrd, mha, dicom-seg or rtstruct (DICOM inputs: a "
+                                                      "DICOM SEG or an RT Structure Set referencing the source "
+                                                      "series).")] = "same",
     label_codes: Annotated[Path | None, typer.Option(help="With --format dicom-seg: JSON label name -> {category: "
                                                           "[code, scheme, meaning], type: [...]} for segment terms "
                                                           "the built-in SNOMED CT table lacks.")] = None,

@@ -34,6 +34,7 @@ from medseg.evaluate.metrics import SIZE_UNITS
 from medseg.infer.predict import Prediction, PredictOptions, Predictor
 from medseg.io import CHANNEL_FILE, IMAGE_SUFFIXES, image_stem, image_suffix, write_image
 from medseg.io.atomic import write_text_atomic
+from medseg.io.dicom_rtstruct import write_rtstruct
 from medseg.io.dicom_seg import write_dicom_seg
 from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.io.paths import json_safe
@@ -113,8 +114,8 @@ def _test_list(root: Path) -> list[PredictInput]:
 
 def output_path(item: PredictInput, out_dir: Path, fmt: str = "same") -> Path:
     """Where the mask of ``item`` goes: the input's format, except lossless PNG for JPEG and NIfTI for DICOM."""
-    if fmt == "dicom-seg":
-        return out_dir / f"{item.case_id}.seg.dcm"
+    if fmt in ("dicom-seg", "rtstruct"):
+        return out_dir / f"{item.case_id}.{'seg' if fmt == 'dicom-seg' else 'rtstruct'}.dcm"
     if fmt != "same":
         return out_dir / f"{item.case_id}.{fmt.lstrip('.')}"
     first = item.files[0]
@@ -284,17 +285,22 @@ def remove_temporaries(final: Path) -> None:
 
 def write_prediction(result: Prediction, item: PredictInput, out_dir: Path, fmt: str = "same",
                      names: dict[int, str] | None = None, label_codes: dict | None = None) -> dict[str, Any]:
-    """Write the mask (and side maps); ``fmt="dicom-seg"`` writes a DICOM SEG referencing a DICOM input series,
-    one segment per label of ``names``."""
-    if fmt == "dicom-seg":
+    """Write the mask (and side maps); ``fmt="dicom-seg"`` writes a DICOM SEG (``"rtstruct"``: an RT Structure
+    Set) referencing a DICOM input series, one segment (ROI) per label of ``names``."""
+    if fmt in ("dicom-seg", "rtstruct"):
         source = item.files[0]
         if not (source.is_dir() or image_suffix(source) == ".zip"):
-            raise MedsegError("is not a DICOM series folder or .zip: a DICOM SEG must reference one", source,
+            kind = "a DICOM SEG" if fmt == "dicom-seg" else "an RTSTRUCT"
+            raise MedsegError(f"is not a DICOM series folder or .zip: {kind} must reference one", source,
                               "use --format same (or nii.gz) for other inputs")
         values = names or {int(v): f"label {v}" for v in np.unique(result.labels.array) if v != 0} or {1: "label 1"}
-        path = write_dicom_seg(result.labels.array, source, output_path(item, out_dir, fmt), values,
-                               sop_instance_uids=result.labels.meta.get("sop_instance_uids"),
-                               series_uid=result.labels.meta.get("series_instance_uid"), label_codes=label_codes)
+        uids, series_uid = result.labels.meta.get("sop_instance_uids"), result.labels.meta.get("series_instance_uid")
+        if fmt == "rtstruct":
+            path = write_rtstruct(result.labels.array, source, output_path(item, out_dir, fmt), values,
+                                  sop_instance_uids=uids, series_uid=series_uid)
+        else:
+            path = write_dicom_seg(result.labels.array, source, output_path(item, out_dir, fmt), values,
+                                   sop_instance_uids=uids, series_uid=series_uid, label_codes=label_codes)
     else:
         path = write_image(result.labels, output_path(item, out_dir, fmt))
     record: dict[str, Any] = {"case": item.case_id, "input": [str(f) for f in item.files], "output": str(path),
