@@ -126,11 +126,18 @@ def build_crafted(folder: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-# One child reads every crafted file and reports each outcome with its peak RSS so far (bytes).
+# One child reads every crafted file and reports each outcome with its peak RSS so far (bytes). The peak is the
+# kernel's VmHWM of the child's own memory: ru_maxrss would also count the parent's (a large pytest process), as
+# Linux carries the high-water mark of the forking process across exec.
 CHILD = """
-import json, resource, sys
+import json, sys
 from medseg.errors import MedsegError
 from medseg.io import read_image
+
+def peak_rss():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
 results = {}
 for path in json.loads(sys.argv[1]):
     try:
@@ -139,7 +146,7 @@ for path in json.loads(sys.argv[1]):
         outcome = [type(error).__name__, str(error)]
     except BaseException as error:
         outcome = ["crash", f"{type(error).__name__}: {error}"]
-    results[path] = outcome + [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]
+    results[path] = outcome + [peak_rss()]
 print(json.dumps(results))
 """
 
