@@ -176,3 +176,18 @@ def _check_member_name(name: str, archive: Path) -> None:
             archive,
             "re-create the archive with relative member names",
         )
+
+
+def read_dicom_object(path: Path, modality: str, what: str, other: str) -> Dataset:
+    """One whole DICOM file that must be of ``modality`` (a SEG, an RTSTRUCT); ``what`` names it in messages and
+    ``other`` says how to read files of another modality."""
+    if not path.is_file():
+        raise ImageReadError("does not exist or is not a file", path, f"give the path of {what} file")
+    try:
+        dataset = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many exception types for corrupt files
+        raise ImageReadError(f"cannot read DICOM file ({type(exc).__name__}: {exc})", path,
+                             "the file is truncated or not DICOM") from None
+    if dataset.get("Modality") != modality:
+        raise ImageReadError(f"is not {what} (Modality {dataset.get('Modality', 'missing')})", path, other)
+    return dataset

@@ -27,16 +27,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medseg import __version__
 from medseg.colours import label_colour
-from medseg.errors import ImageReadError, MedsegError
+from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_archive import DicomArchive
+from medseg.io.dicom_archive import DicomArchive, read_dicom_object
 from medseg.io.dicom_seg import source_datasets
 from medseg.io.dicom_series import image_from_slices, read_series_slices, scan_series, select_series
 from medseg.io.dicom_volume import sop_instance_uid
@@ -360,14 +359,4 @@ def _contour_slice(contour: Dataset, index: np.ndarray, slice_of: Mapping[str, i
 
 
 def _load_rtstruct(path: Path) -> Dataset:
-    if not path.is_file():
-        raise ImageReadError("does not exist or is not a file", path, "give the path of an RTSTRUCT file")
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # pydicom raises many exception types for corrupt files
-        raise ImageReadError(f"cannot read DICOM file ({type(exc).__name__}: {exc})", path,
-                             "the file is truncated or not DICOM") from None
-    if ds.get("Modality") != "RTSTRUCT":
-        raise ImageReadError(f"is not an RTSTRUCT (Modality {ds.get('Modality', 'missing')})", path,
-                             "read DICOM SEG files with read_dicom_seg")
-    return ds
+    return read_dicom_object(path, "RTSTRUCT", "an RTSTRUCT", "read DICOM SEG files with read_dicom_seg")

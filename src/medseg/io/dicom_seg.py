@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from medseg import __version__
 from medseg.colours import label_colour
 from medseg.errors import ImageReadError, MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_archive import DicomArchive
+from medseg.io.dicom_archive import DicomArchive, read_dicom_object
 from medseg.io.dicom_series import image_from_slices, read_series, read_series_slices, scan_series, select_series
 from medseg.io.dicom_volume import check_pixel_extents, pixel_extent, sop_instance_uid
 from medseg.io.image import Image
@@ -113,16 +112,7 @@ def _load_seg(path: Path) -> Segmentation:
     """Parse a DICOM SEG with highdicom."""
     import highdicom as hd  # on first use, see the module docstring
 
-    if not path.is_file():
-        raise ImageReadError("does not exist or is not a file", path, "give the path of a DICOM SEG file")
-    try:
-        dataset = pydicom.dcmread(path)
-    except Exception as exc:  # pydicom raises many exception types for corrupt files
-        raise ImageReadError(f"cannot read DICOM file ({type(exc).__name__}: {exc})", path,
-                             "the file is truncated or not DICOM") from None
-    if dataset.get("Modality") != "SEG":
-        raise ImageReadError(f"is not a DICOM SEG (Modality {dataset.get('Modality', 'missing')})", path,
-                             "read image series with read_dicom_series")
+    dataset = read_dicom_object(path, "SEG", "a DICOM SEG", "read image series with read_dicom_series")
     extent = pixel_extent(dataset, str(path))  # frames are decoded by highdicom: size them first
     check_pixel_extents([(str(path), path.stat().st_size, extent)], "DICOM SEG", path, ReadLimits())
     try:
