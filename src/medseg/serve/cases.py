@@ -163,13 +163,12 @@ def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view:
     except MedsegError as error:
         raise ClientError(400, f"cannot read the upload: {error_text(error, upload.parent)}") from None
     predictor = served.predictor
-    try:
-        predictor.check_input(image)
-    except MedsegError as error:  # wrong dimension or channels, NaN or infinite voxels
-        raise ClientError(422, error_text(error, upload.parent)) from None
     if uncertainty and not predictor.options.uncertainty:
         predictor = with_options(predictor, uncertainty=True)
-    result = predictor.predict(image, should_stop=should_stop)
+    try:  # predict checks the input first (dimension, channels, NaN/Inf): one pass over the voxels, not two
+        result = predictor.predict(image, should_stop=should_stop)
+    except MedsegError as error:  # wrong dimension or channels, NaN or infinite voxels, a resampling too large
+        raise ClientError(422, error_text(error, upload.parent)) from None
     labels = result.labels.array[0]
     drift = served.drift.check(image, labels)
     body: dict[str, Any] = {"model": served.name, "volumes": result.volumes, "components": result.components,
