@@ -153,12 +153,15 @@ def serve(
     = 100,
     max_voxels: Annotated[int | None, typer.Option(help="Largest upload in voxels, all channels (default: "
                                                         "2 G, enough for any real CT).")] = None,
+    corrections: Annotated[Path | None, typer.Option(help="Save the viewer's corrections here, one labelled data "
+                                                          "set per model (needs an API token).")] = None,
 ) -> None:
     """Serve bundles over HTTP: upload a scan, get its mask (OpenAPI docs at /docs, metrics at /metrics).
 
     Example: MEDSEG_API_TOKEN=secret medseg serve runs/hippo/bundle --host 0.0.0.0 --port 8000
     Then: curl -H "Authorization: Bearer secret" -F file=@scan.nii.gz localhost:8000/v1/models/hippo/segment -o m.nii.gz
-    Without a token it listens on loopback addresses only.
+    Without a token it listens on loopback addresses only. With --corrections DIR the viewer's brush and eraser
+    corrections are saved as cases of DIR/<model>/ that `medseg train DIR/<model> --init BUNDLE` reads as is.
     """
     import uvicorn
 
@@ -170,7 +173,8 @@ def serve(
     limits = ReadLimits() if max_voxels is None else ReadLimits(max_voxels=max_voxels)
     config = ServeConfig(token=token, max_upload_bytes=int(max_upload_mb * 2**20), request_timeout_s=timeout,
                          max_concurrency=concurrency, max_queue=queue, backend=backend, examples=examples,
-                         job_timeout_s=job_timeout, max_jobs=max_jobs, read_limits=limits, device=device)
+                         job_timeout_s=job_timeout, max_jobs=max_jobs, read_limits=limits, device=device,
+                         corrections=corrections)
     api = create_app(bundles, config)
     out.print(f"serving {', '.join(api.state.models)} on http://{host}:{port} (viewer at /, docs at /docs)"
               f"{'' if token else '; no API token: loopback only'}", markup=False, highlight=False)

@@ -53,13 +53,15 @@ from fastapi.staticfiles import StaticFiles
 from medseg import __version__
 from medseg.serve.admission import Admission, Metrics, Observe
 from medseg.serve.cases import CaseRunner, ClientError, FiniteJSONResponse, load_models
-from medseg.serve.config import ServeConfig, check_bind, is_loopback, load_token
+from medseg.serve.config import ServeConfig, check_bind, check_corrections, is_loopback, load_token
+from medseg.serve.corrections import CorrectionStore
 from medseg.serve.guard import FORM_LIMITS, Guard
 from medseg.serve.jobs import JobStore
 from medseg.serve.routes import health, jobs, models, views
 from medseg.serve.routes.health import STATIC
 from medseg.serve.viewer import ViewCache, examples_folder
 from medseg.serve.workdir import CASES, make_home, remove_leftovers
+from medseg.serve.worklist import Worklist
 
 __all__ = ["STATIC", "ServeConfig", "check_bind", "create_app", "is_loopback", "load_token"]
 
@@ -95,6 +97,8 @@ async def client_error(request: Request, error: Exception) -> Response:
 def create_app(bundles: Sequence[str | Path], config: ServeConfig | None = None) -> FastAPI:
     """The ASGI app serving ``bundles``; models are loaded here, once."""
     config = config or ServeConfig()
+    check_corrections(config)
+    corrections = CorrectionStore(config.corrections) if config.corrections is not None else None
     metrics = Metrics()
     served = load_models(bundles, config, metrics)
     for name, model in served.items():
@@ -113,6 +117,7 @@ def create_app(bundles: Sequence[str | Path], config: ServeConfig | None = None)
     state.home, state.root = home, root  # the service's folder, and where the cases' folders go
     state.jobs = JobStore(config.job_ttl_s, config.max_jobs, config.retry_after_s)
     state.views = ViewCache(config.view_ttl_s, config.view_cache_size)
+    state.corrections, state.worklist = corrections, Worklist()
     state.runner = CaseRunner(config, admission, metrics, root, examples)
     app.add_middleware(Guard, config=config)  # inside Observe: refused requests are counted and logged too
     routers = (health.router, models.router, views.router, jobs.router)

@@ -154,10 +154,12 @@ def with_options(predictor: Predictor, **changes: Any) -> Predictor:
 
 
 def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view: bool = False,
-             should_stop: Callable[[], bool] | None = None, limits: ReadLimits | None = None) -> CaseResult:
+             should_stop: Callable[[], bool] | None = None, limits: ReadLimits | None = None,
+             keep: Path | None = None) -> CaseResult:
     """Read (within ``limits``), check, segment and encode one uploaded scan (runs in a worker thread); with
     ``view``, also the viewer's display copy of scan, labels and uncertainty. ``should_stop`` ends the prediction
-    early with :class:`~medseg.infer.sliding.Cancelled` (see :mod:`medseg.serve.cancel`)."""
+    early with :class:`~medseg.infer.sliding.Cancelled` (see :mod:`medseg.serve.cancel`). With ``keep`` (a
+    folder), the upload is kept there once segmented, as ``upload<suffix>``, for a correction to be saved."""
     try:  # limits None: the readers' defaults (medseg.io.limits)
         image = read_image(upload, limits=limits)
     except MedsegError as error:
@@ -185,7 +187,17 @@ def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view:
         modality = "ct" if any(n.scheme == "ct" for n in plan.normalization) else "other"
         shown = view_payload(image, labels, None if result.uncertainty is None else result.uncertainty.array[0],
                              plan.disk_labels, modality)
+    if keep is not None:
+        keep_upload(upload, keep / upload.name)
     return CaseResult(body, out.read_bytes(), suffix_out, shown)
+
+
+def keep_upload(upload: Path, target: Path) -> None:
+    """A hard link where the file system allows (no copy of a large scan), else a copy."""
+    try:
+        os.link(upload, target)
+    except OSError:
+        shutil.copyfile(upload, target)
 
 
 async def save_upload(file: UploadFile, root: Path, limit: int) -> tuple[Path, str]:
@@ -285,7 +297,7 @@ class CaseRunner:
 
     def submit(self, served: Served, path: Path, suffix: str, uncertainty: bool,
                on_start: Callable[[], None] | None = None, view: bool = False,
-               timeout_s: float | None = None) -> Submitted:
+               timeout_s: float | None = None, keep: Path | None = None) -> Submitted:
         """Run the case saved at ``path`` in a worker, stopped ``timeout_s`` seconds after it starts (a job's
         failure then says 504); 503 (its folder deleted) when every slot is taken. The slot and the folder are
         freed when the case ends, however it ends."""
@@ -302,7 +314,7 @@ class CaseRunner:
             metrics.show(admission)
             if on_start is not None:
                 on_start()
-            return self.segment(served, path, suffix, uncertainty, view, stop, timeout_s)
+            return self.segment(served, path, suffix, uncertainty, view, stop, timeout_s, keep)
 
         def done(_: Future | None = None) -> None:
             with self.lock:
@@ -324,14 +336,14 @@ class CaseRunner:
         return case
 
     def segment(self, served: Served, path: Path, suffix: str, uncertainty: bool, view: bool, stop: Stop,
-                timeout_s: float | None) -> CaseResult:
+                timeout_s: float | None, keep: Path | None = None) -> CaseResult:
         """:func:`run_case` with its outcome counted: ok, rejected (a client error), cancelled or error."""
         cases = self.metrics.cases
         try:
             if stop():
                 raise Cancelled("stopped before it started")
             result = run_case(served, path, suffix, uncertainty, view=view, should_stop=stop,
-                              limits=self.config.read_limits)
+                              limits=self.config.read_limits, keep=keep)
         except Cancelled:
             cases.labels(served.name, "cancelled").inc()
             if stop.expired() and timeout_s is not None:
@@ -349,13 +361,14 @@ class CaseRunner:
         return result
 
     async def run(self, served: Served, file: UploadFile | None, example: str | None, uncertainty: bool,
-                  view: bool = False, disconnected: Callable[[], Awaitable[bool]] | None = None) -> CaseResult:
+                  view: bool = False, disconnected: Callable[[], Awaitable[bool]] | None = None,
+                  keep: Path | None = None) -> CaseResult:
         """One case answered in this request: 504 past ``request_timeout_s`` (counted from admission, waiting
         included). When the request gives up (timed out, ``disconnected()`` said the client left, or it was
         cancelled) the case is stopped: dropped from the queue, or ended at its next check."""
         path, suffix = await self.take_input(file, example)
         timeout = self.config.request_timeout_s
-        case = self.submit(served, path, suffix, uncertainty, view=view, timeout_s=timeout)
+        case = self.submit(served, path, suffix, uncertainty, view=view, timeout_s=timeout, keep=keep)
         try:
             return await wait_case(case.future, timeout, disconnected)
         except asyncio.TimeoutError:

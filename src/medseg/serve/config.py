@@ -29,6 +29,7 @@ class ServeConfig:
     view_ttl_s: float = 900.0  # a viewer's mask stays downloadable this long
     view_cache_size: int = 16  # masks kept for download at most (oldest dropped first)
     read_limits: ReadLimits | None = None  # how large an upload may decode (None: medseg.io.limits' defaults)
+    corrections: str | Path | None = None  # where the viewer's corrections are saved (needs a token; None: off)
 
 
 def load_token(token_file: str | Path | None = None) -> str | None:
@@ -52,6 +53,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_corrections(config: ServeConfig) -> None:
+    """Saved corrections are scans and masks written to the server's disk: only for callers with the token."""
+    if config.corrections is not None and config.token is None:
+        raise MedsegError("saves corrections only for authenticated users, and this service has no API token",
+                          "--corrections", "set MEDSEG_API_TOKEN or --token-file, or leave --corrections out")
 
 
 def check_bind(host: str, token: str | None) -> None:

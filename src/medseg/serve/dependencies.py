@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from medseg.serve.admission import Admission, Metrics
 from medseg.serve.cases import CaseRunner, Served
 from medseg.serve.config import ServeConfig
+from medseg.serve.corrections import CorrectionStore
 from medseg.serve.guard import CHALLENGE, UNAUTHORIZED, token_matches
 from medseg.serve.jobs import JobStore
 from medseg.serve.viewer import ViewCache
+from medseg.serve.worklist import Worklist
 
 bearer = HTTPBearer(auto_error=False)
 
@@ -42,6 +46,18 @@ def get_jobs(request: Request) -> JobStore:
 
 def get_views(request: Request) -> ViewCache:
     return request.app.state.views
+
+
+def get_corrections(request: Request) -> CorrectionStore | None:
+    return request.app.state.corrections
+
+
+def get_worklist(request: Request) -> Worklist:
+    return request.app.state.worklist
+
+
+def get_home(request: Request) -> Path:
+    return request.app.state.home
 
 
 def authorize(config: ServeConfig = Depends(get_config),

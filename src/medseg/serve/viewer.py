@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import math
 import secrets
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -109,27 +110,40 @@ def view_payload(image: Image, labels: np.ndarray, uncertainty: np.ndarray | Non
 
 
 @dataclass
+class Kept:
+    """The scan behind a viewer result, kept (as uploaded) while the result may be corrected."""
+
+    upload: Path  # in a private folder of its own under the service's folder, deleted with the entry
+    model: str
+    source_name: str  # the upload's file name or the example's name: for the correction's sidecar, never logs
+    example: str | None
+    case: str | None = None  # the corrections' case name, once saved (a second save replaces it)
+
+
+@dataclass
 class Stored:
     expires: float
     mask: bytes
     suffix: str
+    kept: Kept | None = None
 
 
 class ViewCache:
-    """Masks kept for download by an unguessable id: at most ``size`` of them, each for ``ttl_s`` seconds."""
+    """Masks kept for download by an unguessable id: at most ``size`` of them, each for ``ttl_s`` seconds; with
+    them, where corrections are saved, the scans they came from (deleted when their entry goes)."""
 
     def __init__(self, ttl_s: float, size: int) -> None:
         self.ttl_s, self.size = ttl_s, max(1, size)
         self.items: OrderedDict[str, Stored] = OrderedDict()
         self.lock = threading.Lock()
 
-    def put(self, mask: bytes, suffix: str) -> str:
+    def put(self, mask: bytes, suffix: str, kept: Kept | None = None) -> str:
         key = secrets.token_urlsafe(24)
         with self.lock:
             self._prune()
-            self.items[key] = Stored(time.monotonic() + self.ttl_s, mask, suffix)
+            self.items[key] = Stored(time.monotonic() + self.ttl_s, mask, suffix, kept)
             while len(self.items) > self.size:
-                self.items.popitem(last=False)
+                _drop(self.items.popitem(last=False)[1])
         return key
 
     def get(self, key: str) -> Stored | None:
@@ -144,11 +158,18 @@ class ViewCache:
     def _prune(self) -> None:
         now = time.monotonic()
         for key in [k for k, v in self.items.items() if v.expires <= now]:
-            del self.items[key]
+            _drop(self.items.pop(key))
 
     def clear(self) -> None:
         with self.lock:
+            for stored in self.items.values():
+                _drop(stored)
             self.items.clear()
+
+
+def _drop(stored: Stored) -> None:
+    if stored.kept is not None:
+        shutil.rmtree(stored.kept.upload.parent, ignore_errors=True)
 
 
 def examples_folder(folder: str | Path | None) -> Path | None:

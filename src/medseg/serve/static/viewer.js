@@ -5,6 +5,7 @@
 (() => {
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = "medseg-token";
+  const CORRECTOR_KEY = "medseg-corrected-by";
   const CT_PRESETS = [["Soft tissue", 40, 400], ["Lung", -600, 1500], ["Bone", 400, 1800], ["Brain", 40, 80],
     ["Liver", 60, 160]];
   const PLANES = {axial: 0, coronal: 1, sagittal: 2};
@@ -15,6 +16,8 @@
     models: [], source: null, sourceName: "", data: null, scan: null,
     plane: "axial", slices: {axial: 0, coronal: 0, sagittal: 0},
     level: 0, width: 1, channel: 0, colour: false, generation: 0,
+    // corrections: the labels as the model gave them, the strokes (each a Map index -> value before it)
+    edit: {original: null, strokes: [], stroke: null, changed: 0, saved: 0},
   };
 
   class ApiError extends Error {
@@ -126,6 +129,8 @@
       const select = $("example");
       select.replaceChildren(new Option("(none)", ""), ...examples.map((e) => new Option(e.name, e.name)));
       $("examples-box").hidden = !examples.length;
+      $("worklist-box").hidden = !examples.length;
+      $("worklist").replaceChildren();
     } catch (error) {
       $("examples-box").hidden = true;
     }
@@ -191,6 +196,7 @@
       colours: new Map(view.legend.map((l) => [l.value, hexColour(l.color)])),
       rgb: view.rgb,
     };
+    setupCorrections(data);
     state.slices = {axial: Math.floor(shape[0] / 2), coronal: Math.floor(shape[1] / 2),
       sagittal: Math.floor(shape[2] / 2)};
     state.plane = "axial";
@@ -428,7 +434,167 @@
     const index = state.slices[state.plane];
     $("slice-label").textContent = `${index + 1} / ${count}`;
     Object.assign(canvas.dataset, {plane: state.plane, slice: String(index), overlay: String(overlay),
-      generation: String(state.generation)});
+      generation: String(state.generation), edits: String(state.edit.changed)});
+  }
+
+  // ---- corrections: brush and eraser per label, undo, save ---------------------------------------------------
+
+  function setupCorrections(data) {
+    const edit = state.edit;
+    edit.original = state.scan.labels.slice();
+    edit.strokes = [];
+    edit.stroke = null;
+    edit.changed = 0;
+    edit.saved = 0;
+    const enabled = Boolean(data.correction_url);
+    $("correct").hidden = !enabled;
+    $("edit-label").replaceChildren(...data.view.legend.map((l) => new Option(l.name, String(l.value))));
+    $("corrected-by").value = sessionStorage.getItem(CORRECTOR_KEY) || "";
+    document.querySelector("input[name=tool][value=none]").checked = true;
+    $("canvas").classList.remove("editing");
+    $("correction-status").textContent = "";
+    updateEditButtons();
+  }
+
+  function tool() {
+    return state.scan && !$("correct").hidden ? document.querySelector("input[name=tool]:checked").value : "none";
+  }
+
+  function updateEditButtons() {
+    const edit = state.edit;
+    $("undo").disabled = !edit.strokes.length;
+    $("save-correction").disabled = !edit.changed;
+  }
+
+  function countChanged() {
+    const {labels} = state.scan;
+    const {original} = state.edit;
+    let changed = 0;
+    for (let i = 0; i < labels.length; i++) if (labels[i] !== original[i]) changed++;
+    state.edit.changed = changed;
+  }
+
+  // The slice pixel (row, column) under a pointer event, or null outside the image.
+  function pixelAt(event) {
+    const canvas = $("canvas");
+    const box = canvas.getBoundingClientRect();
+    const g = sliceGeometry();
+    const c = Math.floor((event.clientX - box.left) / box.width * g.width);
+    const r = Math.floor((event.clientY - box.top) / box.height * g.height);
+    return r >= 0 && r < g.height && c >= 0 && c < g.width ? [r, c] : null;
+  }
+
+  function paint(event) {
+    const where = pixelAt(event);
+    const stroke = state.edit.stroke;
+    if (!where || !stroke) return;
+    const g = sliceGeometry();
+    const radius = Number($("brush-size").value);
+    const label = Number($("edit-label").value);
+    const erase = tool() === "eraser";
+    const labels = state.scan.labels;
+    const [r0, c0] = where;
+    for (let r = Math.max(0, r0 - radius); r <= Math.min(g.height - 1, r0 + radius); r++) {
+      for (let c = Math.max(0, c0 - radius); c <= Math.min(g.width - 1, c0 + radius); c++) {
+        if ((r - r0) ** 2 + (c - c0) ** 2 > radius * radius) continue;
+        const i = g.index(r, c);
+        const next = erase ? (labels[i] === label ? 0 : labels[i]) : label;
+        if (next === labels[i]) continue;
+        if (!stroke.has(i)) stroke.set(i, labels[i]);
+        labels[i] = next;
+      }
+    }
+    draw();
+  }
+
+  function endStroke() {
+    const edit = state.edit;
+    if (!edit.stroke) return;
+    if (edit.stroke.size) edit.strokes.push(edit.stroke);
+    edit.stroke = null;
+    countChanged();
+    updateEditButtons();
+    draw();
+  }
+
+  function undo() {
+    const stroke = state.edit.strokes.pop();
+    if (!stroke) return;
+    for (const [i, value] of stroke) state.scan.labels[i] = value;
+    countChanged();
+    updateEditButtons();
+    draw();
+  }
+
+  function base64(typed) {
+    const bytes = new Uint8Array(typed.buffer, typed.byteOffset, typed.byteLength);
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(text);
+  }
+
+  async function saveCorrection() {
+    const name = $("corrected-by").value.trim();
+    if (!name) { showError("Enter your name or initials under \"Corrected by\" before saving."); return; }
+    const {labels} = state.scan;
+    const {original} = state.edit;
+    const index = [];
+    for (let i = 0; i < labels.length; i++) if (labels[i] !== original[i]) index.push(i);
+    const body = {corrected_by: name, index: base64(Uint32Array.from(index)),
+      value: base64(Uint16Array.from(index, (i) => labels[i]))};
+    sessionStorage.setItem(CORRECTOR_KEY, name);
+    showError("");
+    $("save-correction").disabled = true;
+    $("correction-status").textContent = "Saving…";
+    try {
+      const response = await api(state.data.correction_url, {method: "POST", body: JSON.stringify(body),
+        headers: {"Content-Type": "application/json"}});
+      const saved = await response.json();
+      state.edit.saved += 1;
+      $("correction-status").textContent = `Saved as case ${saved.case} (${saved.changed_voxels} voxels changed). ` +
+        "Saving again replaces it.";
+      $("correction-status").dataset.case = saved.case;
+      $("correction-status").dataset.saved = String(state.edit.saved);
+    } catch (error) {
+      $("correction-status").textContent = "";
+      failed(error);
+    } finally {
+      updateEditButtons();
+    }
+  }
+
+  // ---- worklist: the examples ranked by uncertainty ----------------------------------------------------------
+
+  async function rankExamples() {
+    const model = $("model").value;
+    if (!model) return;
+    $("rank").disabled = true;
+    $("busy").hidden = false;
+    showError("");
+    try {
+      const {cases} = await (await api(`/v1/models/${encodeURIComponent(model)}/worklist`, {method: "POST"})).json();
+      $("worklist").replaceChildren(...cases.map((entry) => {
+        const item = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = `${entry.name}: ${entry.score.toFixed(3)}${entry.corrected ? " (corrected)" : ""}`;
+        button.dataset.name = entry.name;
+        button.dataset.score = String(entry.score);
+        if (entry.corrected) item.className = "corrected";
+        button.addEventListener("click", () => {
+          $("example").value = entry.name;
+          state.source = "example";
+          segment();
+        });
+        item.append(button);
+        return item;
+      }));
+    } catch (error) {
+      failed(error);
+    } finally {
+      $("rank").disabled = false;
+      $("busy").hidden = true;
+    }
   }
 
   // ---- downloads --------------------------------------------------------------------------------------------
@@ -486,6 +652,29 @@
     $("example").addEventListener("change", () => { state.source = "example"; });
     $("run").addEventListener("click", segment);
     $("slice").addEventListener("input", () => setSlice(Number($("slice").value)));
+    const canvas = $("canvas");
+    canvas.addEventListener("pointerdown", (event) => {
+      if (tool() === "none" || event.button !== 0) return;
+      event.preventDefault();
+      canvas.setPointerCapture(event.pointerId);
+      state.edit.stroke = new Map();
+      paint(event);
+    });
+    canvas.addEventListener("pointermove", (event) => { if (state.edit.stroke) paint(event); });
+    canvas.addEventListener("pointerup", endStroke);
+    canvas.addEventListener("pointercancel", endStroke);
+    for (const radio of document.querySelectorAll("input[name=tool]")) {
+      radio.addEventListener("change", () => canvas.classList.toggle("editing", tool() !== "none"));
+    }
+    $("brush-size").addEventListener("input", () => {
+      $("brush-size-label").textContent = `${$("brush-size").value} px`;
+    });
+    $("undo").addEventListener("click", undo);
+    $("save-correction").addEventListener("click", saveCorrection);
+    $("rank").addEventListener("click", rankExamples);
+    document.addEventListener("keydown", (event) => {
+      if ((event.ctrlKey || event.metaKey) && event.key === "z" && !$("correct").hidden) { event.preventDefault(); undo(); }
+    });
     $("canvas").addEventListener("wheel", (event) => {
       if (!state.scan || state.scan.dim !== 3) return;
       event.preventDefault();
