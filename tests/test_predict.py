@@ -16,7 +16,7 @@ from medseg.bundle import load_bundle
 from medseg.errors import MedsegError
 from medseg.infer import restore
 from medseg.infer.cohort import collect_inputs, predict_paths
-from medseg.infer.predict import PredictOptions, Predictor
+from medseg.infer.predict import PredictOptions, Predictor, case_uncertainty_score
 from medseg.io import Image, read_image, write_image
 
 
@@ -67,6 +67,20 @@ def test_nifti_prediction_keeps_the_affine_bit_for_bit(tmp_path, bundle_3d):
     np.testing.assert_allclose(probs.array.astype(np.float32).sum(0), 1.0, atol=1e-2)
     uncertainty = read_image(record["uncertainty"]).array
     assert uncertainty.min() >= 0 and uncertainty.max() <= 1.0 + 1e-3
+    assert record["uncertainty_score"] == pytest.approx(case_uncertainty_score(uncertainty[0], read_image(
+        record["output"]).array[0]), abs=1e-6) and 0 < record["uncertainty_score"] <= 1
+
+
+def test_the_case_score_counts_the_boundary_and_doubtful_voxels_not_confident_background():
+    labels = np.zeros((20, 20), np.uint8)
+    labels[8:12, 8:12] = 1
+    uncertainty = np.zeros((20, 20), np.float32)
+    uncertainty[8:12, 8:12] = 0.4  # the object: 16 voxels; its one-voxel rim (16 more, no corners) is sure
+    assert case_uncertainty_score(uncertainty, labels) == pytest.approx(0.2, abs=1e-5)
+    doubtful = uncertainty.copy()
+    doubtful[0:2, 0:2] = 0.9  # a doubtful spot far from the object raises the score
+    assert case_uncertainty_score(doubtful, labels) > case_uncertainty_score(uncertainty, labels)
+    assert case_uncertainty_score(np.zeros((5, 5)), np.zeros((5, 5), np.uint8)) == 0.0
 
 
 def test_fold_ensemble_averages_folds_and_tta_keeps_the_grid(tmp_path, bundle_3d):

@@ -31,7 +31,7 @@ from medseg.bundle import Bundle
 from medseg.data.dataset import Case, discover_dataset, load_case_image
 from medseg.errors import MedsegError
 from medseg.evaluate.metrics import SIZE_UNITS
-from medseg.infer.predict import Prediction, PredictOptions, Predictor
+from medseg.infer.predict import Prediction, PredictOptions, Predictor, case_uncertainty_score
 from medseg.io import CHANNEL_FILE, IMAGE_SUFFIXES, image_stem, image_suffix, write_image
 from medseg.io.atomic import write_text_atomic
 from medseg.io.dicom_rtstruct import write_rtstruct
@@ -311,4 +311,5 @@ def write_prediction(result: Prediction, item: PredictInput, out_dir: Path, fmt:
         record["probabilities"] = str(write_image(result.probabilities, _side_path(path, "probabilities")))
     if result.uncertainty is not None:
         record["uncertainty"] = str(write_image(result.uncertainty, _side_path(path, "uncertainty")))
+        record["uncertainty_score"] = case_uncertainty_score(result.uncertainty.array[0], result.labels.array[0])
     return record

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 
 from medseg.bundle import Bundle, load_bundle
 from medseg.errors import MedsegError
-from medseg.infer.predict import PredictOptions, Predictor
+from medseg.infer.predict import PredictOptions, Predictor, case_uncertainty_score
 from medseg.infer.sliding import Cancelled
 from medseg.io import image_suffix, read_image, write_image
 from medseg.io.limits import ReadLimits
@@ -140,8 +140,9 @@ def error_text(error: MedsegError, folder: Path | None = None) -> str:
 
 
 def uncertainty_summary(uncertainty: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Means of the uncertainty map, and the per-case ``score`` (see ``case_uncertainty_score``)."""
     foreground = labels > 0
-    return {"mean": round(float(uncertainty.mean()), 5),
+    return {"score": case_uncertainty_score(uncertainty, labels), "mean": round(float(uncertainty.mean()), 5),
             "mean_in_foreground": round(float(uncertainty[foreground].mean()), 5) if foreground.any() else 0.0,
             "fraction_above_0_5": round(float((uncertainty > 0.5).mean()), 6)}
 
