@@ -5,7 +5,10 @@ each other."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -491,3 +494,58 @@ def zero_output_bundle(bundle: Path, target: Path) -> Path:
                 state[name][0] = 1.0
         save_file(state, str(weights))
     return target
+
+
+# The web viewer in headless Chromium, against a real service on loopback
+def chromium():
+    """playwright's sync API and the chromium on PATH, or skip saying what to install."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the Python package playwright is not installed (pip install -e '.[dev]')")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("no chromium on PATH (apt-get install -y chromium; .ci/run does this)")
+    return sync_playwright, executable
+
+
+class ViewerService:
+    """``create_app`` under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ViewerService:
+        self.thread.start()
+        deadline = time.time() + 120
+        while not self.server.started:
+            assert time.time() < deadline and self.thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def log_in(page, url: str, token: str) -> None:
+    page.goto(url)
+    page.locator("#token-input").fill(token)
+    page.locator("#token-form button[type=submit]").click()
+
+
+def segment_in_viewer(page, model: str, generation: int, file: Path | None = None, example: str | None = None) -> None:
+    page.locator("#model").select_option(model)
+    if file is not None:
+        page.locator("#file").set_input_files(str(file))
+    if example is not None:
+        page.locator("#example").select_option(example)
+    page.locator("#run").click()
+    page.wait_for_selector(f"#canvas[data-generation='{generation}']", timeout=300_000)

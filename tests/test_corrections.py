@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from builders import blob_case, shared
+from builders import ViewerService as Service
+from builders import blob_case, chromium, log_in, segment_in_viewer, shared
 from medseg.data import check_dataset, discover_dataset
 from medseg.errors import MedsegError
 from medseg.io import Image, read_image, write_image
@@ -21,7 +22,6 @@ from medseg.serve import ServeConfig, create_app
 from medseg.serve.corrections import Changes, CorrectionError, apply_display_changes
 from medseg.serve.viewer import display_flips
 from medseg.train import TrainConfig, TrainRequest, train
-from test_viewer import Service, _browser, _log_in, _segment
 
 TOKEN = "corrections-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -162,7 +162,7 @@ def test_the_worklist_ranks_examples_by_uncertainty_and_puts_corrected_ones_last
 
 
 def test_correcting_in_chromium_draw_undo_save_and_reload(tmp_path, bundle_3d):
-    sync_playwright, executable = _browser()
+    sync_playwright, executable = chromium()
     folder = tmp_path / "examples"
     folder.mkdir()
     shutil.copyfile(shared("msd_hippocampus") / "imagesTr" / "hippocampus_003.nii.gz", folder / "hippo.nii.gz")
@@ -177,10 +177,10 @@ def test_correcting_in_chromium_draw_undo_save_and_reload(tmp_path, bundle_3d):
             page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
-            _log_in(page, service.url, TOKEN)
+            log_in(page, service.url, TOKEN)
             page.wait_for_selector("#app:not([hidden])")
             model = page.locator("#model").input_value()
-            _segment(page, model, 1, example="hippo.nii.gz")
+            segment_in_viewer(page, model, 1, example="hippo.nii.gz")
             assert page.locator("#correct").is_visible()
             canvas = page.locator("#canvas")
             box = canvas.bounding_box()

@@ -7,8 +7,6 @@ import base64
 import json
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +15,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from builders import blob_case, shared
+from builders import ViewerService as Service
+from builders import blob_case, chromium, log_in, segment_in_viewer, shared
 from medseg.errors import MedsegError
 from medseg.io import Image, read_image, write_image
 from medseg.serve import ServeConfig, create_app
@@ -178,43 +177,6 @@ def test_display_copy_is_subsampled_and_flipped_for_display_only():
 # ---- end to end in a browser ---------------------------------------------------------------------------------
 
 
-def _browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the Python package playwright is not installed (pip install -e '.[dev]')")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("no chromium on PATH (apt-get install -y chromium; .ci/run does this)")
-    return sync_playwright, executable
-
-
-class Service:
-    """``create_app`` under uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Service:
-        self.thread.start()
-        deadline = time.time() + 120
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def _artefacts(tmp_path: Path) -> Path:
     folder = tmp_path / "artefacts"
     folder.mkdir()
@@ -227,22 +189,6 @@ def _keep(folder: Path) -> None:
         Path(target).mkdir(parents=True, exist_ok=True)
         for path in folder.iterdir():
             shutil.copy2(path, Path(target) / path.name)
-
-
-def _log_in(page, url: str, token: str) -> None:
-    page.goto(url)
-    page.locator("#token-input").fill(token)
-    page.locator("#token-form button[type=submit]").click()
-
-
-def _segment(page, model: str, generation: int, file: Path | None = None, example: str | None = None) -> None:
-    page.locator("#model").select_option(model)
-    if file is not None:
-        page.locator("#file").set_input_files(str(file))
-    if example is not None:
-        page.locator("#example").select_option(example)
-    page.locator("#run").click()
-    page.wait_for_selector(f"#canvas[data-generation='{generation}']", timeout=300_000)
 
 
 def _shown_volumes(page) -> dict[str, float]:
@@ -260,7 +206,7 @@ def _download(page, button: str, folder: Path) -> Path:
 
 
 def test_viewer_end_to_end_in_chromium(tmp_path, bundles):
-    sync_playwright, executable = _browser()
+    sync_playwright, executable = chromium()
     hippocampus = shared("msd_hippocampus") / "imagesTr" / HIPPOCAMPUS
     jsrt = shared("jsrt_scr") / "images" / JSRT
     folder = tmp_path / "examples"
@@ -289,13 +235,13 @@ def test_viewer_end_to_end_in_chromium(tmp_path, bundles):
             desktop = context.new_page()
             errors: list[str] = []
             desktop.on("pageerror", lambda error: errors.append(str(error)))
-            _log_in(desktop, service.url, TOKEN)
+            log_in(desktop, service.url, TOKEN)
             desktop.wait_for_selector("#app:not([hidden])")
             assert desktop.evaluate("sessionStorage.getItem('medseg-token')") == TOKEN
             assert desktop.evaluate("localStorage.length") == 0
 
             # a 3D MRI: overlay, slices by slider and wheel, planes, volumes, mask and snapshot
-            _segment(desktop, models[3], 1, file=hippocampus)
+            segment_in_viewer(desktop, models[3], 1, file=hippocampus)
             body, mask = hippocampus_answer = reference(hippocampus, models[3])
             labels = np.flip(mask.array[0], tuple(i for i, f in enumerate(display_flips(mask)) if f))
             canvas = desktop.locator("#canvas")
@@ -336,7 +282,7 @@ def test_viewer_end_to_end_in_chromium(tmp_path, bundles):
             desktop.screenshot(path=str(artefacts / "viewer_3d_1280x800.png"))
 
             # a 2D chest X-ray (PNG): areas in mm^2, the mask as PNG
-            _segment(desktop, models[2], 2, file=jsrt)
+            segment_in_viewer(desktop, models[2], 2, file=jsrt)
             body, mask = reference(jsrt, models[2])
             assert desktop.locator("#slice-box").is_hidden() and desktop.locator("#planes").is_hidden()
             assert int(canvas.get_attribute("data-overlay")) == int((mask.array[0] > 0).sum())
@@ -350,7 +296,7 @@ def test_viewer_end_to_end_in_chromium(tmp_path, bundles):
 
             # an example from the server's folder, by name
             desktop.locator("#file").set_input_files([])
-            _segment(desktop, models[3], 3, example="hippocampus.nii.gz")
+            segment_in_viewer(desktop, models[3], 3, example="hippocampus.nii.gz")
             assert _shown_volumes(desktop) == hippocampus_answer[0]["volumes"]
             assert not errors, errors
 
@@ -365,7 +311,7 @@ def test_viewer_end_to_end_in_chromium(tmp_path, bundles):
             stranger = browser.new_context(viewport={"width": 1280, "height": 800})  # nothing shared with desktop
             stranger.set_default_timeout(180_000)
             wrong = stranger.new_page()
-            _log_in(wrong, service.url, "not-the-token")
+            log_in(wrong, service.url, "not-the-token")
             message = wrong.locator("#error")
             message.wait_for(state="visible")
             assert "token was not accepted" in message.inner_text()
