@@ -3,7 +3,8 @@
     bundle/
       plan.json              the Plan (preprocessing, network, labels, channel names, medseg version)
       fold_K.safetensors     weights, one file a fold
-      metrics.json           validation metrics per fold
+      metrics.json           validation metrics per fold; "inference": what training decided for prediction (the
+                             TTA benefit measured, the calibration temperatures: medseg.infer.calibration)
       postprocess.json       chosen post-processing (written by the post-processing step)
       model_card.md          data, labels, figures, intended use, limits
       drift_reference.json   what the service's drift check compares scans with (see below)
@@ -180,6 +181,16 @@ def _lineage_lines(lineage: dict[str, Any] | None) -> str:
             f"- Training data fingerprint `{lineage.get('data_fingerprint')}`; created {lineage.get('created')}.\n")
 
 
+def _calibration_line(metrics: dict[str, Any]) -> str:
+    inference = metrics.get("inference")
+    calibration = inference.get("calibration") if isinstance(inference, dict) else None
+    if not isinstance(calibration, dict):
+        return ""
+    return (f"\nProbabilities calibrated on the validation voxels (temperatures {calibration.get('temperatures')}, "
+            f"{calibration.get('method')}): expected calibration error {calibration.get('ece_before')} before, "
+            f"{calibration.get('ece_after')} after ({calibration.get('bins')} bins; labels unchanged).\n")
+
+
 def write_model_card(folder: Path, plan: Plan, summary: dict[str, Any], metrics: dict[str, Any],
                      command: str, lineage: dict[str, Any] | None = None) -> Path:
     labels = "\n".join(f"| {v} | {name} |" for v, name in sorted(plan.labels.items()))
@@ -212,7 +223,7 @@ loss {plan.loss}, optimiser {plan.optimizer}, precision {plan.precision}; target
 | fold | cases | {head} | mean | steps | seconds |
 |---|---|{'---|' * len(plan.scored_classes)}---|---|---|
 {chr(10).join(rows) or '| (no validation: trained on all cases) |'}
-{_lineage_lines(lineage)}
+{_calibration_line(metrics)}{_lineage_lines(lineage)}
 ## Intended use and limits
 For research. It segments images like those it was trained on (same modality, field of view and
 resolution range); on other scanners, protocols or populations its accuracy is unknown until measured.

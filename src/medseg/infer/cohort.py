@@ -199,6 +199,8 @@ def _manifest_header(bundle: Bundle, predictor: Predictor) -> dict[str, Any]:
         "bundle": str(bundle.folder), "tta": predictor.tta, "overlap": predictor.overlap,
         "backend": predictor.options.backend, "device": str(predictor.device), "precision": predictor.precision,
         "postprocess": predictor.postprocess.to_dict() if predictor.postprocess else None,
+        # the bundle's temperatures applied to probabilities, uncertainty and uncertainty_score (None: uncalibrated)
+        "calibration": predictor.calibration.temperatures if predictor.calibration else None,
         "folds": predictor.options.folds or bundle.folds,
         "cases": [], "failed": [],
     }

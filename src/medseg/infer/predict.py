@@ -5,8 +5,10 @@
 
 Files in, files out (a cohort, with ``predictions.json``): :mod:`medseg.infer.cohort`.
 
-Folds and mirror copies are averaged as logits (as nnU-Net does), then soft-maxed; the uncertainty map is the
-predictive entropy of that average, normalised to [0, 1] by log(K).
+Folds and mirror copies are averaged as logits (as nnU-Net does), then soft-maxed; the labels are decided, then
+the probabilities are calibrated with the bundle's temperatures where it has them (:mod:`medseg.infer.calibration`:
+the labels stay as they were); the uncertainty map is the predictive entropy of those probabilities, normalised to
+[0, 1] by log(K).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from medseg.bundle import POSTPROCESS_FILE, Bundle
 from medseg.data.label_values import to_disk_values
 from medseg.errors import MedsegError
+from medseg.infer.calibration import Calibration, calibrate_probabilities_, read_calibration
 from medseg.infer.outputs import labels_from_probabilities, probabilities_from_logits
 from medseg.infer.restore import restore_labels, restore_maps
 from medseg.infer.sliding import Cancelled, predict_logits
@@ -48,6 +51,7 @@ class PredictOptions:
     backend: str = "torch"  # "torch", or "onnxruntime" (runs the bundle's fold_K.onnx from `medseg export`)
     max_components: int = DEFAULT_MAX_COMPONENTS  # components listed per label (the largest; all are counted)
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"; the onnxruntime backend runs on the CPU
+    calibrate: bool = True  # apply the bundle's temperatures (when it has them) to probabilities and uncertainty
 
 
 @dataclass
@@ -89,6 +93,7 @@ class Predictor:
         else:
             raise MedsegError(f"unknown backend {self.options.backend!r}", "--backend", "use torch or onnxruntime")
         self.tta = tta_default(bundle) if self.options.tta is None else self.options.tta
+        self.calibration: Calibration | None = read_calibration(bundle) if self.options.calibrate else None
         self.precision = runtime_precision(self.plan.precision, self.device.type)
         self.overlap = self.plan.sliding_window_overlap if self.options.overlap is None else self.options.overlap
         path = bundle.folder / POSTPROCESS_FILE
@@ -148,6 +153,8 @@ class Predictor:
         if self.postprocess:  # thresholds were applied slab by slab above; the rest works on the label map
             labels = apply_postprocessing(labels, _without_thresholds(self.postprocess), props.original_spacing)
         result = Prediction(labels=_label_image(image, to_disk_values(labels, self.plan.label_values)))
+        if self.calibration is not None and (self.options.probabilities or self.options.uncertainty):
+            calibrate_probabilities_(probabilities, self.calibration)  # after the labels: they do not change
         if self.options.probabilities:
             fill = [0.0] * probabilities.shape[0] if self.plan.regions else [1.0] + [0.0] * (probabilities.shape[0] - 1)
             result.probabilities = _float_image(image, restore_maps(probabilities, props.crop_bbox,

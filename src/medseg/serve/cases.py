@@ -139,10 +139,14 @@ def error_text(error: MedsegError, folder: Path | None = None) -> str:
     return text.replace(f"{folder}{os.sep}", "").replace(str(folder), "upload") if folder is not None else text
 
 
-def uncertainty_summary(uncertainty: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Means of the uncertainty map, and the per-case ``score`` (see ``case_uncertainty_score``)."""
+def uncertainty_summary(uncertainty: np.ndarray, labels: np.ndarray, calibrated: bool = False,
+                        ) -> dict[str, float | bool]:
+    """Means of the uncertainty map, and the per-case ``score`` (see ``case_uncertainty_score``); ``calibrated``:
+    whether the map comes from the bundle's calibrated probabilities (:mod:`medseg.infer.calibration`), so that
+    scores of bundles with and without calibration are not compared unawares."""
     foreground = labels > 0
-    return {"score": case_uncertainty_score(uncertainty, labels), "mean": round(float(uncertainty.mean()), 5),
+    return {"score": case_uncertainty_score(uncertainty, labels), "calibrated": calibrated,
+            "mean": round(float(uncertainty.mean()), 5),
             "mean_in_foreground": round(float(uncertainty[foreground].mean()), 5) if foreground.any() else 0.0,
             "fraction_above_0_5": round(float((uncertainty > 0.5).mean()), 6)}
 
@@ -179,7 +183,8 @@ def run_case(served: Served, upload: Path, suffix: str, uncertainty: bool, view:
                             "shape": list(labels.shape), "spacing": list(result.labels.spacing),
                             "seconds": round(result.seconds, 3), "drift": drift}
     if result.uncertainty is not None:
-        body["uncertainty"] = uncertainty_summary(result.uncertainty.array[0], labels)
+        body["uncertainty"] = uncertainty_summary(result.uncertainty.array[0], labels,
+                                                  calibrated=predictor.calibration is not None)
     suffix_out = mask_suffix(suffix)
     out = write_image(result.labels, upload.parent / f"mask{suffix_out}")
     shown = None

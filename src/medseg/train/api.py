@@ -31,6 +31,7 @@ from medseg.io.atomic import write_text_atomic
 from medseg.plan import LossName, Machine, ModelName, OptimizerName, Plan, fingerprint_from_report, make_plan
 from medseg.postprocess import save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
+from medseg.train.calibrate import CalibrationSample, fit_calibration
 from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, evaluate_fold, measure_tta
 from medseg.train.finetune import LR_SCALE, fine_tune_config, fine_tune_plan, init_from_parent
 from medseg.train.hooks import CurveHook, LogHook, ProgressHook
@@ -125,6 +126,7 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     pooled: list[tuple[str, Any]] = []  # final validation predictions of every fold, for post-processing
     held_out: dict[str, Any] = {}
     tta: dict[str, dict[str, Any]] = {}
+    calibration: dict[str, CalibrationSample] = {}  # fold -> its final validation's voxels
     for fold in folds:
         train_ids, val_ids = splits.cases(fold)
         train_cases = [load_cached(cache, cid) for cid in train_ids]
@@ -141,6 +143,9 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
                      f"; fresh output rows for class(es) {fresh}" if fresh else "")
         metrics = trainer.run()
         if is_main_process():
+            if trainer.calibration_sample is not None:
+                calibration[fold] = trainer.calibration_sample
+                metrics["calibration"] = _calibrate(calibration[fold], plan, [fold])
             write_bundle_fold(bundle, plan, fold, folder / "last.safetensors", metrics)
             if val_cases:
                 tta[fold] = measure_tta(trainer.model, plan, val_cases, trainer.precision)
@@ -151,21 +156,34 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     if is_main_process():
         if pooled:
             save_postprocessing(choose_for_folds(plan, pooled, held_out), bundle / POSTPROCESS_FILE)
-        _finish_bundle(run, bundle, plan, summary, tta)
+        inference = {"calibration": _calibrate(CalibrationSample.join(list(calibration.values())), plan,
+                                               list(calibration))} if calibration else {}
+        _finish_bundle(run, bundle, plan, summary, tta, inference)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return bundle
 
 
-def _finish_bundle(run: Path, bundle: Path, plan: Plan, summary: dict[str, Any], tta: dict[str, Any]) -> None:
-    """The TTA decision, drift reference, lineage (version) and model card of a bundle whose folds are written."""
+def _calibrate(sample: CalibrationSample, plan: Plan, folds: list[str]) -> dict[str, Any]:
+    """Temperatures fitted on the validation voxels of ``folds`` (see medseg.train.calibrate), as metrics.json
+    holds them."""
+    calibration = fit_calibration(sample, plan, folds)
+    log.info("calibration on fold(s) %s: temperatures %s; ECE %s -> %s", ", ".join(folds),
+             calibration.temperatures, calibration.ece_before, calibration.ece_after)
+    return calibration.to_dict()
+
+
+def _finish_bundle(run: Path, bundle: Path, plan: Plan, summary: dict[str, Any], tta: dict[str, Any],
+                   inference: dict[str, Any] | None = None) -> None:
+    """The TTA decision (with ``inference``'s other results: the calibration), drift reference, lineage (version)
+    and model card of a bundle whose folds are written."""
     all_metrics = json.loads((bundle / METRICS_FILE).read_text())
-    if tta:
+    if tta or inference:
         # a fold whose plan mirrors no axis (labels told apart by side) measured no TTA: it counts as no gain
         gains = [t["dice_tta"] - t["dice_plain"] for t in tta.values() if "dice_tta" in t]
         use_tta = bool(gains) and bool(np.nanmean(gains) > TTA_MIN_GAIN)
-        all_metrics["inference"] = {"tta": use_tta, "tta_check": tta}
+        all_metrics["inference"] = {"tta": use_tta, "tta_check": tta} | (inference or {})
         write_text_atomic(bundle / METRICS_FILE, json.dumps(all_metrics, indent=1) + "\n")
     fingerprint = None
     if (run / RUN_FINGERPRINT_FILE).exists():  # the bundle carries what drift checks need (self-contained)

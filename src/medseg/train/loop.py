@@ -30,6 +30,7 @@ from medseg.models import build_network
 from medseg.plan import Plan
 from medseg.preprocess import CachedCase
 from medseg.runtime import autocast_context, keep_freed_memory, runtime_precision
+from medseg.train.calibrate import CalibrationSample, sample_case
 from medseg.train.checkpoint import load_state, load_weights, save_state, save_weights
 from medseg.train.hooks import Hook
 from medseg.train.sampler import PatchSampler
@@ -103,6 +104,8 @@ class Trainer:
         self.augmenter = BatchAugmenter(plan.augment, plan.dim, seed=config.seed * 1000 + rank)
         self.state = TrainState()
         self.final_predictions: list[tuple[str, np.ndarray]] = []  # (case id, labels) from the final validation
+        # voxels of the final validation's logits, for the temperature fit (medseg.train.calibrate)
+        self.calibration_sample: CalibrationSample | None = None
         self.steps_per_epoch = config.steps_per_epoch or \
             max(1, min(math.ceil(len(train_cases) / plan.batch_size), MAX_EPOCH_STEPS))
         self.total_steps = (config.epochs or 0) * self.steps_per_epoch
@@ -179,6 +182,8 @@ class Trainer:
         cases = self.val_cases if final else self.val_cases[: self.config.max_val_cases]
         start = time.perf_counter()
         per_class: dict[int, list[float]] = {v: [] for v in self.plan.class_members}
+        samples: list[CalibrationSample] = []
+        generator = torch.Generator().manual_seed(self.config.seed)
         if final:
             self.final_predictions = []
         for case in cases:
@@ -187,10 +192,13 @@ class Trainer:
             prediction = labels_from_logits(logits, self.plan)
             if final:  # kept (int8, network grid) for post-processing choice and evaluation after training
                 self.final_predictions.append((case.case_id, prediction.numpy().astype(np.int8)))
+                samples.append(sample_case(logits, case.seg, prediction, generator))
             scores = dice_per_class(prediction, torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
                                     self.plan.class_members, empty=DICE_EMPTY)
             for value, score in scores.items():
                 per_class[value].append(score)
+        if final and samples:
+            self.calibration_sample = CalibrationSample.join(samples)
         means = {str(v): float(np.nanmean(s)) if np.isfinite(s).any() else float("nan")
                  for v, s in per_class.items()}
         record = {
