@@ -7,7 +7,8 @@ Ablations: --epochs N trains a fixed number of steps instead of a budget (N epoc
 runs compare on a machine whose speed varies; --set KEY=JSON changes a field of the plan medseg makes (dotted
 for nested fields), e.g. --set 'augment.mirror_axes=[0,1,2]'; --seed N repeats a run with other random weights,
 patches and augmentations (the spread between seeds is what a single run's figure is worth).
-Trains fold 'none' (every training case, no validation fold: the whole budget goes to training), then runs the
+Trains fold 'none' (every training case, no validation fold: the whole budget goes to training; --fold K trains
+fold K of 5 instead, with validation and calibration), then runs the
 real pipeline on the test cases: `predict` (original geometry, default TTA) and `evaluate` (Dice, HD95, ...).
 The test cases are never seen in training: training reads a folder of links to the train list only.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from _common import data_set, emit
 
-from medseg.bundle import load_bundle
+from medseg.bundle import Bundle, load_bundle
 from medseg.cli import parse_duration
 from medseg.data import check_dataset, discover_dataset
 from medseg.evaluate import evaluate_folders
@@ -53,6 +54,22 @@ def link_view(root: Path, cases: list, out: Path, layout: str, with_labels: bool
     return out
 
 
+def score_on_test_list(bundle: Bundle, root: Path, test_cases: list, work: Path, regions: Path | None = None,
+                       ) -> tuple[dict, dict]:
+    """The real pipeline on the test cases: `predict` (original geometry, the bundle's default TTA) and
+    `evaluate` (inside DRIVE's FOV masks where the set has them); the evaluation summary and predictions.json."""
+    references = work / "references"
+    references.mkdir(parents=True)
+    for case in test_cases:
+        (references / case.label_file.name).symlink_to(case.label_file.resolve())
+    inputs = [PredictInput(c.case_id, list(c.image_files)) for c in test_cases]
+    manifest = predict_paths(bundle, inputs, work / "predictions", PredictOptions())
+    region = root / "fov" if (root / "fov").is_dir() else None
+    result = evaluate_folders(work / "predictions", references, labels=dict(bundle.plan.labels), region_dir=region,
+                              regions_file=regions)
+    return result.summary(), manifest
+
+
 def plan_with_changes(view: Path, changes: list[str], out: Path, regions: Path | None = None) -> Path:
     """medseg's own plan for ``view`` with ``KEY=JSON`` changes (dotted keys reach into nested fields)."""
     fingerprint = fingerprint_from_report(check_dataset(discover_dataset(view, regions_file=regions)))
@@ -78,6 +95,9 @@ if __name__ == "__main__":
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="change a plan field")
     parser.add_argument("--seed", type=int, default=0, help="training seed (weights, sampling, augmentation)")
     parser.add_argument("--regions", type=Path, help="train and score the regions of this JSON file")
+    parser.add_argument("--fold", default="none",
+                        help="none (all training cases, no validation) or K of 5 folds (a validation fold: "
+                             "the bundle then has calibration temperatures, for uncertainty_ranking.py)")
     parser.add_argument("--reverse", action="store_true", help="swap split.json's train and test lists")
     args = parser.parse_args()
     root = data_set(args.dataset)
@@ -93,21 +113,12 @@ if __name__ == "__main__":
     length = {"epochs": args.epochs} if args.epochs else {"budget_s": parse_duration(args.budget)}
     config = TrainConfig(seed=args.seed, **length)
     start = time.perf_counter()
-    bundle_dir = train(TrainRequest(data=view, run_dir=work / "run", fold="none", cache_root=work / "cache",
+    bundle_dir = train(TrainRequest(data=view, run_dir=work / "run", fold=args.fold, cache_root=work / "cache",
                                     plan_path=plan_path, progress_bar=False, regions_file=args.regions), config)
     train_seconds = time.perf_counter() - start
     train_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB, training and caching
     bundle = load_bundle(bundle_dir)
-    references = work / "references"
-    references.mkdir()
-    for case in test_cases:
-        (references / case.label_file.name).symlink_to(case.label_file.resolve())
-    inputs = [PredictInput(c.case_id, list(c.image_files)) for c in test_cases]
-    manifest = predict_paths(bundle, inputs, work / "predictions", PredictOptions())
-    region = root / "fov" if (root / "fov").is_dir() else None
-    result = evaluate_folders(work / "predictions", references, labels=dict(bundle.plan.labels), region_dir=region,
-                              regions_file=args.regions)
-    summary = result.summary()
+    summary, manifest = score_on_test_list(bundle, root, test_cases, work / "scored", args.regions)
     dice = {name: round(stats["dice"]["mean"], 4) for name, stats in summary["per_class"].items()}
     hd95 = {name: stats["hd95_mm"]["mean"] for name, stats in summary["per_class"].items()}
     emit(f"train_{args.dataset}", {
@@ -116,9 +127,9 @@ if __name__ == "__main__":
         "train_seconds": round(train_seconds, 1), "trained_on": [c.case_id for c in train_cases],
         "train_peak_rss_mib": round(train_peak_rss),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "steps": bundle.metrics["folds"]["none"]["steps"], "test_cases": len(test_cases),
+        "fold": args.fold, "steps": bundle.metrics["folds"][args.fold]["steps"], "test_cases": len(test_cases),
         "dice": dice, "mean_dice": round(summary["mean_dice"], 4), "hd95_mm": hd95,
-        "scored_inside": "FOV" if region else "whole image",
+        "scored_inside": "FOV" if (root / "fov").is_dir() else "whole image",
         "predict_seconds_per_case": round(sum(c["seconds"] for c in manifest["cases"]) / len(test_cases), 3),
         "tta": manifest["tta"],
         "plan": {"dim": bundle.plan.dim, "patch": bundle.plan.patch_size, "batch": bundle.plan.batch_size,
