@@ -44,6 +44,7 @@ from medseg.infer.calibration import read_calibration
 from medseg.infer.cohort import PredictInput, predict_paths
 from medseg.infer.predict import PredictOptions
 from medseg.io import read_image
+from medseg.train.calibrate import region_targets
 
 
 def case_dice(result: Any) -> dict[str, float]:
@@ -78,8 +79,7 @@ def decisions(probabilities: np.ndarray, reference: np.ndarray, bundle: Bundle, 
         keep = torch.from_numpy(rng.choice(classes.numel(), limit, replace=False))
         flat, classes = flat[:, keep], classes[keep]
     if plan.regions:
-        target = torch.stack([torch.isin(classes, torch.tensor(r.values)) for r in plan.regions])
-        return top_label(flat, target, regions=True)
+        return top_label(flat, region_targets(classes, plan), regions=True)
     return top_label(flat, classes)
 
 

@@ -86,8 +86,7 @@ def test_a_case_sample_holds_each_predicted_class() -> None:
     logits = torch.randn(3, 20, 20, 20)
     logits[2, :2] += 10  # a small class: 800 of 8000 voxels
     predicted = logits.argmax(0)
-    seg = np.asarray(predicted, dtype=np.int64)
-    sample = sample_case(logits, seg, predicted, torch.Generator().manual_seed(0))
+    sample = sample_case(logits, predicted.clone(), predicted, torch.Generator().manual_seed(0))
     counts = torch.bincount(sample.fit.logits.argmax(0), minlength=3)
     assert (counts > 0).all() and int(counts.max()) <= 2000
     assert torch.equal(sample.fit.seg, sample.fit.logits.argmax(0))  # the voxels travel with their labels

@@ -126,7 +126,8 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     pooled: list[tuple[str, Any]] = []  # final validation predictions of every fold, for post-processing
     held_out: dict[str, Any] = {}
     tta: dict[str, dict[str, Any]] = {}
-    calibration: dict[str, CalibrationSample] = {}  # fold -> its final validation's voxels
+    samples: dict[str, CalibrationSample] = {}  # fold -> its final validation's voxels
+    fits: dict[str, dict[str, Any]] = {}  # fold -> the temperatures fitted on them
     for fold in folds:
         train_ids, val_ids = splits.cases(fold)
         train_cases = [load_cached(cache, cid) for cid in train_ids]
@@ -144,8 +145,8 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
         metrics = trainer.run()
         if is_main_process():
             if trainer.calibration_sample is not None:
-                calibration[fold] = trainer.calibration_sample
-                metrics["calibration"] = _calibrate(calibration[fold], plan, [fold])
+                samples[fold] = trainer.calibration_sample
+                metrics["calibration"] = fits[fold] = _calibrate(samples[fold], plan, [fold])
             write_bundle_fold(bundle, plan, fold, folder / "last.safetensors", metrics)
             if val_cases:
                 tta[fold] = measure_tta(trainer.model, plan, val_cases, trainer.precision)
@@ -156,8 +157,11 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     if is_main_process():
         if pooled:
             save_postprocessing(choose_for_folds(plan, pooled, held_out), bundle / POSTPROCESS_FILE)
-        inference = {"calibration": _calibrate(CalibrationSample.join(list(calibration.values())), plan,
-                                               list(calibration))} if calibration else {}
+        inference = {}
+        if len(fits) == 1:  # the pooled fit is the one fold's fit: not fitted again
+            inference["calibration"] = next(iter(fits.values()))
+        elif samples:
+            inference["calibration"] = _calibrate(CalibrationSample.join(list(samples.values())), plan, list(samples))
         _finish_bundle(run, bundle, plan, summary, tta, inference)
     if dist.is_initialized():
         dist.barrier()
@@ -175,7 +179,7 @@ def _calibrate(sample: CalibrationSample, plan: Plan, folds: list[str]) -> dict[
 
 
 def _finish_bundle(run: Path, bundle: Path, plan: Plan, summary: dict[str, Any], tta: dict[str, Any],
-                   inference: dict[str, Any] | None = None) -> None:
+                   inference: dict[str, Any]) -> None:
     """The TTA decision (with ``inference``'s other results: the calibration), drift reference, lineage (version)
     and model card of a bundle whose folds are written."""
     all_metrics = json.loads((bundle / METRICS_FILE).read_text())
@@ -183,7 +187,7 @@ def _finish_bundle(run: Path, bundle: Path, plan: Plan, summary: dict[str, Any],
         # a fold whose plan mirrors no axis (labels told apart by side) measured no TTA: it counts as no gain
         gains = [t["dice_tta"] - t["dice_plain"] for t in tta.values() if "dice_tta" in t]
         use_tta = bool(gains) and bool(np.nanmean(gains) > TTA_MIN_GAIN)
-        all_metrics["inference"] = {"tta": use_tta, "tta_check": tta} | (inference or {})
+        all_metrics["inference"] = {"tta": use_tta, "tta_check": tta} | inference
         write_text_atomic(bundle / METRICS_FILE, json.dumps(all_metrics, indent=1) + "\n")
     fingerprint = None
     if (run / RUN_FINGERPRINT_FILE).exists():  # the bundle carries what drift checks need (self-contained)

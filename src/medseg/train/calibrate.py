@@ -63,12 +63,11 @@ class CalibrationSample:
         return cls(VoxelSample.join([s.fit for s in samples]), VoxelSample.join([s.evaluation for s in samples]))
 
 
-def sample_case(logits: Tensor, seg: np.ndarray | Tensor, predicted: Tensor, generator: torch.Generator
-                ) -> CalibrationSample:
+def sample_case(logits: Tensor, seg: Tensor, predicted: Tensor, generator: torch.Generator) -> CalibrationSample:
     """The fit and evaluation voxels of one validation case: ``logits`` ``(C, *S)``, its reference ``seg`` and
     ``predicted`` label maps ``(*S)`` on the network grid."""
     flat_logits = logits.reshape(logits.shape[0], -1).float()
-    flat_seg = torch.from_numpy(np.array(seg, dtype=np.int64).reshape(-1))
+    flat_seg = seg.reshape(-1).long()
     flat_pred = predicted.reshape(-1).long()
     total = flat_pred.numel()
     if total <= POOL_VOXELS:

@@ -190,11 +190,11 @@ class Trainer:
             logits = predict_logits(self.model, torch.from_numpy(np.array(case.data)), self.plan.patch_size,
                                     overlap=self.plan.sliding_window_overlap, precision=self.precision)
             prediction = labels_from_logits(logits, self.plan)
+            reference = torch.from_numpy(np.asarray(case.seg, dtype=np.int64))  # read from the cache once
             if final:  # kept (int8, network grid) for post-processing choice and evaluation after training
                 self.final_predictions.append((case.case_id, prediction.numpy().astype(np.int8)))
-                samples.append(sample_case(logits, case.seg, prediction, generator))
-            scores = dice_per_class(prediction, torch.from_numpy(np.asarray(case.seg, dtype=np.int64)),
-                                    self.plan.class_members, empty=DICE_EMPTY)
+                samples.append(sample_case(logits, reference, prediction, generator))
+            scores = dice_per_class(prediction, reference, self.plan.class_members, empty=DICE_EMPTY)
             for value, score in scores.items():
                 per_class[value].append(score)
         if final and samples:
