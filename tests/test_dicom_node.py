@@ -128,8 +128,8 @@ def test_destination_and_label_codes_parsing(tmp_path: Path) -> None:
     path = tmp_path / "codes.json"
     path.write_text(json.dumps({"Anterior": {"category": ["91723000", "SCT", "Anatomical Structure"],
                                              "type": ["5366008", "SCT", "Hippocampus"]}}))
-    category, kind = load_label_codes(path)["Anterior"]
-    assert (category.value, kind.value, kind.meaning) == ("91723000", "5366008", "Hippocampus")
+    category, kind, modifier = load_label_codes(path)["Anterior"]
+    assert (category.value, kind.value, kind.meaning, modifier) == ("91723000", "5366008", "Hippocampus", None)
     path.write_text(json.dumps({"x": {"category": ["1", "SCT"], "type": ["2", "SCT", "y"]}}))
     with pytest.raises(MedsegError, match=r"category must be \[code, scheme, meaning\]"):
         load_label_codes(path)

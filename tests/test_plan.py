@@ -137,8 +137,9 @@ def _xray_fingerprint(depth: dict[int, float], shape=(512, 512), spacing=(1.0, 1
 def test_cpu_plans_coarsen_thick_structures_but_never_thin_ones():
     thick = make_plan(_xray_fingerprint({0: 80.0, 1: 40.0}), machine=CPU)
     assert thick.target_spacing == [4.0, 4.0] and thick.patch_size == [128, 128]  # the whole image in one patch
-    assert thick.notes == ["trained 4.00x coarser than the median spacing; the thinnest label stays at least 4 voxels "
-                           "deep, and a patch covers the whole median image"]
+    assert thick.notes[0] == ("trained 4.00x coarser than the median spacing; the thinnest label stays at least 4 "
+                              "voxels deep, and a patch covers the whole median image")
+    assert len(thick.notes) == 2 and "coded as Tissue" in thick.notes[1]  # "organ": no SNOMED code in the table
     # capped at 2x by a thinner label, a 1024-pixel image is still 512 pixels wide: the note says how much a patch
     # sees, not that it sees everything (the plan of a big CT said so while its patch saw a tenth)
     capped = make_plan(_xray_fingerprint({0: 80.0, 1: 8.0}, shape=(1024, 1024)), machine=CPU)

@@ -191,9 +191,18 @@ def _calibration_line(metrics: dict[str, Any]) -> str:
             f"{calibration.get('ece_after')} after ({calibration.get('bins')} bins; labels unchanged).\n")
 
 
+def _coded_as(codes: dict[str, list[str]] | None) -> str:
+    """A label's DICOM SEG type (and laterality) as the model card shows it: "Liver (SCT 10200004)"."""
+    if not codes:
+        return "-"
+    shown = f"{codes['type'][2]} ({codes['type'][1]} {codes['type'][0]})"
+    return shown + (f", {codes['modifier'][2]}" if codes.get("modifier") else "")
+
+
 def write_model_card(folder: Path, plan: Plan, summary: dict[str, Any], metrics: dict[str, Any],
                      command: str, lineage: dict[str, Any] | None = None) -> Path:
-    labels = "\n".join(f"| {v} | {name} |" for v, name in sorted(plan.labels.items()))
+    labels = "\n".join(f"| {v} | {name} | {_coded_as(plan.label_codes.get(name))} |"
+                       for v, name in sorted(plan.labels.items()))
     rows = []
     for fold, m in sorted(metrics.get("folds", {}).items()):
         dice = m.get("val_dice", {})
@@ -211,8 +220,8 @@ Trained with medseg {__version__} by `{command}`.
 - Shapes {summary.get('shape_min')} to {summary.get('shape_max')} voxels; spacing {summary.get('spacing_min')} to
   {summary.get('spacing_max')} mm (array order).
 
-| value | label |
-|---|---|
+| value | label | DICOM SEG code |
+|---|---|---|
 {labels}
 
 ## Model

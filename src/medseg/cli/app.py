@@ -28,6 +28,10 @@ out = Console()
 RegionsOption = Annotated[Path | None, typer.Option(
     "--regions", help="Regions instead of labels: a JSON file with region 'labels' and 'regions_class_order' "
                       "(nnU-Net v2 form), e.g. examples/brats_regions.json.")]
+LabelCodesOption = Annotated[Path | None, typer.Option(
+    "--label-codes", help="DICOM SEG segment codes: a JSON file of label name -> {category: [code, scheme, meaning], "
+                          "type: [...], modifier: [...] (optional)} (see medseg.io.label_codes). At train/plan time "
+                          "they are kept in the bundle; at predict time they override the bundle's for this run.")]
 state = {"debug": False}  # set by --debug, read by main()
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medseg.cli.app import RegionsOption, app, out, parse_dim
+from medseg.cli.app import LabelCodesOption, RegionsOption, app, out, parse_dim
 from medseg.plan.choices import ModelName
 
 
@@ -118,17 +118,20 @@ def plan(
     dim: Annotated[str | None, typer.Option(help="2d or 3d (default: the data's).")] = None,
     model: Annotated[ModelName, typer.Option(help="Network.")] = "unet",
     regions: RegionsOption = None,
+    label_codes: LabelCodesOption = None,
 ) -> None:
     """Fingerprint a data set and write the plan sized for this machine.
 
     Example: medseg plan data/Task04_Hippocampus -o plan.json
     """
     from medseg.data import check_dataset, discover_dataset
+    from medseg.io.label_codes import load_label_codes
     from medseg.plan import fingerprint_from_report, make_plan
 
+    codes = load_label_codes(label_codes)
     report = check_dataset(discover_dataset(data, regions_file=regions))
     report.raise_if_failed()
-    the_plan = make_plan(fingerprint_from_report(report), dim=parse_dim(dim), model=model)
+    the_plan = make_plan(fingerprint_from_report(report), dim=parse_dim(dim), model=model, label_codes=codes)
     the_plan.save(output)
     out.print(f"wrote {output}: {the_plan.dim}D {the_plan.model}, patch {the_plan.patch_size}, batch "
               f"{the_plan.batch_size}, widths {the_plan.features}, spacing {the_plan.target_spacing}, "

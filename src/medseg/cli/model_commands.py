@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medseg.cli.app import app, console, out
+from medseg.cli.app import LabelCodesOption, app, console, out
 
 
 @app.command()
@@ -38,9 +38,7 @@ def predict(
                                                       "png, nrrd, mha, dicom-seg or rtstruct (DICOM inputs: a "
                                                       "DICOM SEG or an RT Structure Set referencing the source "
                                                       "series).")] = "same",
-    label_codes: Annotated[Path | None, typer.Option(help="With --format dicom-seg: JSON label name -> {category: "
-                                                          "[code, scheme, meaning], type: [...]} for segment terms "
-                                                          "the built-in SNOMED CT table lacks.")] = None,
+    label_codes: LabelCodesOption = None,
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (needs `medseg export BUNDLE` first).")] = "torch",
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Skip cases already complete in the output folder (after "
@@ -59,7 +57,7 @@ def predict(
     from medseg.bundle import load_bundle
     from medseg.infer.cohort import predict_paths
     from medseg.infer.predict import PredictOptions
-    from medseg.pacs import load_label_codes
+    from medseg.io.label_codes import load_label_codes
     from medseg.postprocess import PostprocessConfig, load_postprocessing, with_overrides
     from medseg.runtime import DistributedRanks
 

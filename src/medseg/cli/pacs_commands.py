@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from medseg.cli.app import app, console, out
+from medseg.cli.app import LabelCodesOption, app, console, out
 
 
 @app.command("dicom-node")
@@ -31,9 +31,7 @@ def dicom_node(
                                                     '"SeriesDescription": "portal"}], "default": NAME or null} '
                                                     '(regular expressions, any case). Default: the first bundle '
                                                     'for every image series.')] = None,
-    label_codes: Annotated[Path | None, typer.Option(help="JSON: label name -> {category: [code, scheme, meaning], "
-                                                          "type: [...]} for segment terms the built-in SNOMED CT "
-                                                          "table lacks.")] = None,
+    label_codes: LabelCodesOption = None,
     outbox: Annotated[Path, typer.Option(help="Folder keeping SEGs that could not be delivered after the retries; "
                                               "they are sent again later.")] = Path("medseg-outbox"),
     retries: Annotated[int, typer.Option(help="Tries per SEG before it goes to the outbox.")] = 3,
@@ -91,8 +89,7 @@ def dicomweb(
     = None,
     rules: Annotated[Path | None, typer.Option(help="Which model runs on which series (as `medseg dicom-node "
                                                     "--rules`).")] = None,
-    label_codes: Annotated[Path | None, typer.Option(help="JSON: label name -> segment category and type codes.")]
-    = None,
+    label_codes: LabelCodesOption = None,
     token_file: Annotated[Path | None, typer.Option(help="File holding a bearer token for the server.")] = None,
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")] = "torch",
 ) -> None:

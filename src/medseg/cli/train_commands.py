@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from medseg.cli.app import RegionsOption, app, out, parse_dim, parse_duration
+from medseg.cli.app import LabelCodesOption, RegionsOption, app, out, parse_dim, parse_duration
 from medseg.errors import MedsegError
 from medseg.plan.choices import LossName, ModelName, OptimizerName
 
@@ -42,6 +42,7 @@ def train(
     label_map: Annotated[str | None, typer.Option(
         "--label-map", help="With --init: bundle label value to data label value, e.g. 1:1,2:3; unmapped labels "
                             "get fresh output rows (default: labels of the same name).")] = None,
+    label_codes: LabelCodesOption = None,
 ) -> None:
     """Train a model: check, plan, preprocess (cached), train, write RUN/bundle.
 
@@ -50,6 +51,7 @@ def train(
     Fine-tuning: medseg train data/site_b -o runs/site_b --init runs/hippo/bundle
     """
     from medseg.bundle import METRICS_FILE
+    from medseg.io.label_codes import load_label_codes
     from medseg.train import TrainConfig, TrainRequest
     from medseg.train import train as run_training
     from medseg.train.finetune import parse_label_map
@@ -61,7 +63,8 @@ def train(
     request = TrainRequest(data=data, run_dir=output, dim=parse_dim(dim), fold=fold, folds=folds, model=model,
                            loss=loss, optimizer=optimizer, plan_path=plan_file, cache_root=cache,
                            workers=workers or None, progress_bar=not no_progress, regions_file=regions,
-                           init=init, label_map=parse_label_map(label_map))
+                           init=init, label_map=parse_label_map(label_map),
+                           label_codes=load_label_codes(label_codes))
     config = TrainConfig(epochs=epochs, budget_s=parse_duration(budget) if budget else None, seed=seed,
                          patience=patience, deterministic=deterministic, resume=resume)
     bundle = run_training(request, config)

@@ -146,7 +146,7 @@ def predict_paths(
     resume: bool = False,
     rank: int = 0,
     world_size: int = 1,
-    label_codes: dict | None = None,  # DICOM SEG segment terms by label name (medseg.pacs.load_label_codes)
+    label_codes: dict | None = None,  # DICOM SEG codes by label name over the bundle's (medseg.io.label_codes)
 ) -> dict[str, Any]:
     """Predict every input into ``out_dir``; returns (and writes) the manifest.
 
@@ -164,6 +164,7 @@ def predict_paths(
     if resume:
         remove_temporaries(out_dir / (MANIFEST_FILE if world_size == 1 else f"predictions.part-{rank}.json"))
     predictor = Predictor(bundle, options)
+    codes = bundle.plan.segment_codes(label_codes)
     start = time.perf_counter()
     manifest = _manifest_header(bundle, predictor)
     manifest["resumed"] = 0
@@ -177,7 +178,7 @@ def predict_paths(
             continue
         if resume:
             remove_temporaries(output_path(item, out_dir, fmt))
-        record = _predict_one(predictor, item, out_dir, fmt, bundle.plan.disk_labels, label_codes)
+        record = _predict_one(predictor, item, out_dir, fmt, bundle.plan.disk_labels, codes)
         if "error" in record:
             manifest["failed"].append(record)
             continue

@@ -17,7 +17,8 @@ Segment terms (:func:`segment_terms`, SNOMED CT codes): label names (any case, `
 liver 10200004, spleen 78961009, kidney(s) 64033007, pancreas 15776009, lung(s) 39607008, heart 80891009, brain
 12738006, hippocampus 5366008, prostate 41216001, bone 272673000, (blood) vessel(s) 59820001; in Morphologically
 Abnormal Structure 49755003: tumour/tumor/neoplasm 108369006, lesion 52988006, (o)edema 79654002. Other names:
-Tissue/Tissue 85756007, unless ``label_codes`` (``--label-codes FILE``) codes them. Colours: :mod:`medseg.colours`.
+Tissue/Tissue 85756007, unless ``label_codes`` (the bundle's, or ``--label-codes FILE``: see
+:mod:`medseg.io.label_codes`) codes them. Colours: :mod:`medseg.colours`.
 
 Overlap rule: a label map cannot hold overlapping segments, so where segments overlap **the highest segment
 number wins**. Use :func:`read_dicom_seg_segments` to keep every segment intact. FRACTIONAL segments are
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from highdicom.seg import Segmentation
     from pydicom.sr.coding import Code
 
-    LabelCodes = Mapping[str, tuple[Code, Code]]  # label name -> (category, type), as load_label_codes gives
+    from medseg.io.label_codes import LabelCodes
 
 __all__ = ["dicom_seg_dataset", "read_dicom_seg", "read_dicom_seg_segments", "segment_terms", "source_datasets",
            "write_dicom_seg"]
@@ -359,12 +360,13 @@ _TERMS = {
 
 
 def segment_terms(name: str, label_codes: LabelCodes | None = None) -> tuple[Code, Code, Code | None]:
-    """(category, type, laterality or None) of a label name: ``label_codes`` (any case) first, then the table."""
+    """(category, type, laterality or None) of a label name: ``label_codes`` (any case) first, then the table
+    (where codes come from: :mod:`medseg.io.label_codes`)."""
     from pydicom.sr.codedict import codes
 
     given = {key.lower(): value for key, value in (label_codes or {}).items()}
     if name.lower() in given:
-        return (*given[name.lower()], None)
+        return given[name.lower()]
     words = name.lower().replace("_", " ").replace("-", " ").split()
     side = next((word for word in words if word in ("left", "right")), None)
     known = _TERMS.get(" ".join(word for word in words if word not in ("left", "right")))

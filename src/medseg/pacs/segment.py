@@ -125,8 +125,9 @@ def check_untilted(datasets: Sequence[Dataset], where: str = "series") -> None:
 def segment_series(datasets: Sequence[Dataset], predictor: Predictor, label_codes: LabelCodes | None = None,
                    algorithm: str = "medseg", limits: ReadLimits | None = None) -> Dataset:
     """Predict the series of ``datasets`` (any order) with ``predictor`` (or a served model holding one) and
-    give its DICOM SEG: one segment per label of the model, coded as :func:`medseg.io.dicom_seg.segment_terms`
-    says (``label_codes`` first), same study and frame of reference, every source instance referenced."""
+    give its DICOM SEG: one segment per label of the model, coded by ``label_codes``, then the bundle's plan,
+    then :func:`medseg.io.dicom_seg.segment_terms` (:mod:`medseg.io.label_codes`); same study and frame of
+    reference, every source instance referenced."""
     predictor = getattr(predictor, "predictor", predictor)  # medseg.serve's Served wraps one
     image, ordered = series_image(datasets, limits)
     where = f"series {short_hash(image.meta['series_instance_uid'])}"
@@ -134,4 +135,4 @@ def segment_series(datasets: Sequence[Dataset], predictor: Predictor, label_code
     names = predictor.plan.disk_labels
     return dicom_seg_dataset(result.labels.array, ordered, names, algorithm=algorithm,
                              series_description=f"{algorithm} {predictor.plan.dataset_name}"[:64],
-                             label_codes=label_codes, where=where)
+                             label_codes=predictor.plan.segment_codes(label_codes), where=where)

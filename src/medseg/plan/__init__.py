@@ -17,7 +17,7 @@ from medseg.plan.choices import LossName, ModelName, OptimizerName, Precision
 if TYPE_CHECKING:
     from medseg.plan.fingerprint import ChannelIntensity, Fingerprint, fingerprint_from_report
     from medseg.plan.plan import ChannelNorm, Plan
-    from medseg.plan.planner import Machine, make_plan
+    from medseg.plan.planner import Machine, code_labels, make_plan
 
 _LAZY = {
     "ChannelIntensity": "medseg.plan.fingerprint",
@@ -27,10 +27,12 @@ _LAZY = {
     "Plan": "medseg.plan.plan",
     "Machine": "medseg.plan.planner",
     "make_plan": "medseg.plan.planner",
+    "code_labels": "medseg.plan.planner",
 }
 
 __all__ = ["AugmentConfig", "ChannelIntensity", "ChannelNorm", "Fingerprint", "LossName", "Machine", "ModelName",
-           "OptimizerName", "Plan", "Precision", "fingerprint_from_report", "make_plan"]
+           "OptimizerName", "Plan", "Precision", "code_labels", "fingerprint_from_report",
+           "make_plan"]
 
 
 def __getattr__(name: str) -> Any:

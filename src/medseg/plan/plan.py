@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medseg import __version__
 from medseg.data.regions import Region
@@ -28,6 +28,11 @@ from medseg.plan.choices import (
     check_choice,
 )
 from medseg.plan.fields import check_fields
+
+if TYPE_CHECKING:
+    from pydicom.sr.coding import Code
+
+    from medseg.io.label_codes import LabelCodes
 
 PLAN_VERSION = 1
 
@@ -84,6 +89,9 @@ class Plan:
     # class value -> the value masks hold on disk, where the declared label values are not 0..K (a 0/255 mask is
     # trained as 0/1 and predicted back as 0/255); {} when they are (see medseg.data.dataset.consecutive_labels)
     label_values: dict[int, int] = field(default_factory=dict)
+    # label name -> DICOM SEG codes {"category"|"type"|"modifier": [code, scheme, meaning]}, fixed at plan time so
+    # the bundle writes the same terms whatever medseg runs it (medseg.io.label_codes); {} in plans made before
+    label_codes: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     # fine-tuning (``medseg train --init BUNDLE``): the parent bundle's version (medseg.bundle.bundle_version), None
     # for a model trained from scratch; and how it was fine-tuned (lr_scale, parent_learning_rate, label_map
     # {"old": new}, fresh_classes, steps, schedule_scale, fingerprint_differences, parent_bundle); {} when not
@@ -122,6 +130,13 @@ class Plan:
                             f"{self.channels} channel(s)")
         if not self.learning_rate > 0 or not 0 <= self.sliding_window_overlap < 1:
             problems.append(f"learning_rate {self.learning_rate}, sliding_window_overlap {self.sliding_window_overlap}")
+        if self.label_codes:
+            from medseg.io.label_codes import parse_label_codes
+
+            try:
+                parse_label_codes(self.label_codes, None)
+            except MedsegError as exc:
+                problems.append(f"label_codes: {exc.what}")
         if problems:
             raise MedsegError(f"plan has impossible values: {'; '.join(problems)}",
                               fix="re-create the plan with `medseg plan`")
@@ -167,6 +182,13 @@ class Plan:
         data["regions"] = [r.to_dict() for r in self.regions]
         data["label_values"] = {str(k): v for k, v in self.label_values.items()}
         return data
+
+    def segment_codes(self, given: LabelCodes | None = None) -> dict[str, tuple[Code, Code, Code | None]]:
+        """The DICOM SEG codes of this plan's labels: ``given`` (``--label-codes`` at predict time) over the
+        plan's own."""
+        from medseg.io.label_codes import parse_label_codes
+
+        return {**parse_label_codes(self.label_codes, "plan.json label_codes"), **dict(given or {})}
 
     @property
     def disk_labels(self) -> dict[int, str]:

@@ -11,11 +11,12 @@ voxel budget, and bf16 autocast is used where the CPU has native bf16.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.io.label_codes import LabelCodes, resolve_codes
 from medseg.plan.augment_config import AugmentConfig
 from medseg.plan.choices import LossName, ModelName, OptimizerName
 from medseg.plan.fingerprint import Fingerprint
@@ -239,10 +240,12 @@ def make_plan(
     model: ModelName = "unet",
     loss: LossName = "dice_ce",
     optimizer: OptimizerName | None = None,
+    label_codes: LabelCodes | None = None,
 ) -> Plan:
     """Plan preprocessing and network for this data set on this machine (``Machine.detect()`` when not given).
 
     A ``model``, ``loss`` or ``optimizer`` outside its ``Literal`` choices raises :class:`MedsegError`.
+    ``label_codes`` (``--label-codes FILE``) code the labels' DICOM SEG segments where medseg's table does not.
     """
     machine = machine or Machine.detect()
     dim = dim or fp.dim
@@ -290,7 +293,7 @@ def make_plan(
         shown = ", ".join(f"{v}->{c}" for c, v in sorted(fp.label_values.items()))
         notes.append(f"declared label values are not 0..K: trained as consecutive classes ({shown}), masks written "
                      "with the declared values")
-    return Plan(
+    return code_labels(Plan(
         dataset_name=fp.dataset_name,
         dim=dim,
         data_dim=fp.dim,
@@ -315,5 +318,20 @@ def make_plan(
         notes=notes,
         regions=list(fp.regions),
         label_values=dict(fp.label_values),
-    )
+    ), label_codes)
+
+
+_UNCODED_NOTE = "coded as Tissue in DICOM SEG"
+
+
+def code_labels(plan: Plan, given: LabelCodes | None = None) -> Plan:
+    """``plan`` with ``label_codes`` for each foreground label: ``given`` first, then the plan's own (a
+    fine-tuned or hand-made plan keeps its codes), then medseg's table; a note names labels left as Tissue."""
+    names = [plan.labels[v] for v in plan.foreground_labels]
+    codes, uncoded = resolve_codes(names, given, plan.label_codes)
+    notes = [note for note in plan.notes if _UNCODED_NOTE not in note]
+    if uncoded:
+        notes.append(f"label(s) {', '.join(uncoded)} {_UNCODED_NOTE} (medseg's table does not know them): give "
+                     "`--label-codes FILE` to `medseg train` or `medseg plan` (see medseg.io.label_codes)")
+    return replace(plan, label_codes=codes, notes=notes)
 

@@ -28,7 +28,17 @@ from medseg.bundle import (
 from medseg.data import CheckReport, Splits, check_dataset, discover_dataset, load_splits, make_splits, write_splits
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
-from medseg.plan import LossName, Machine, ModelName, OptimizerName, Plan, fingerprint_from_report, make_plan
+from medseg.io.label_codes import LabelCodes
+from medseg.plan import (
+    LossName,
+    Machine,
+    ModelName,
+    OptimizerName,
+    Plan,
+    code_labels,
+    fingerprint_from_report,
+    make_plan,
+)
 from medseg.postprocess import save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
 from medseg.train.calibrate import CalibrationSample, fit_calibration
@@ -58,6 +68,7 @@ class TrainRequest:
     init: Path | None = None  # fine-tune this bundle (see medseg.train.finetune); its plan replaces planning
     label_map: dict[int, int] | None = None  # with init: bundle label value -> data label value
     lr_scale: float = LR_SCALE  # with init: the bundle's learning rate times this
+    label_codes: LabelCodes | None = None  # DICOM SEG codes kept in the plan (medseg.io.label_codes), over its own
 
 
 def default_cache_root() -> Path:
@@ -86,6 +97,7 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, Splits, Path, dict[str, An
     else:
         plan = make_plan(fingerprint, dim=request.dim, machine=Machine.detect(), model=request.model,
                          loss=request.loss, optimizer=request.optimizer)
+    plan = code_labels(plan, request.label_codes)  # also for --init (new label names) and --plan (old plans)
     plan.save(run / "plan.json")
     splits_path = run / "splits.json"
     splits = make_splits(dataset, folds=request.folds, seed=0)
