@@ -323,7 +323,7 @@ def test_a_store_that_qido_cannot_find_is_a_failure_not_a_success(bundle_3d: Pat
         def search_for_series(self, study_instance_uid, get_remaining):
             return [datasets[0].to_json_dict()]
 
-        def retrieve_series(self, study, series):
+        def retrieve_series(self, study, series, media_types=None):
             return datasets
 
         def store_instances(self, datasets, study_instance_uid):

@@ -27,6 +27,9 @@ from medseg.pacs.segment import is_image_sop_class, segment_series, short_hash
 log = logging.getLogger("medseg.pacs")
 
 _ALGORITHM = "medseg"
+# WADO-RS in the stored transfer syntax: medseg decodes JPEG, JPEG-LS and JPEG 2000 itself (pylibjpeg), while the
+# default (uncompressed) makes the server transcode, which Debian's Orthanc cannot for JPEG 2000 (HTTP 500)
+ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)
 _SERIES_FIELDS = ("Modality", "SeriesDescription", "BodyPartExamined", "SeriesInstanceUID")
 
 
@@ -101,7 +104,8 @@ class DicomWebWorker:
             return outcome
         outcome.model = model
         try:
-            datasets = [d for d in self.client.retrieve_series(study, uid) if is_image_sop_class(str(d.SOPClassUID))]
+            datasets = [d for d in self.client.retrieve_series(study, uid, media_types=ANY_TRANSFER_SYNTAX)
+                        if is_image_sop_class(str(d.SOPClassUID))]
             if not datasets:
                 raise MedsegError("holds no image instances", outcome.series)
             seg = segment_series(datasets, self.models[model], self.label_codes)
