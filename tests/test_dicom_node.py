@@ -180,7 +180,7 @@ def test_an_undeliverable_seg_is_kept_in_the_outbox(tmp_path: Path, caplog) -> N
     seg = ct_series_datasets(n=1)[0]  # any dataset with file meta stands for the SEG here
     with caplog.at_level(logging.WARNING, logger="medseg.pacs"):
         assert not node.deliver(seg, "abcd1234")
-    kept = list((tmp_path / "outbox").glob("*.seg.dcm"))
+    kept = list((tmp_path / "outbox").glob("*.dcm"))
     assert len(kept) == 1 and pydicom.dcmread(kept[0]).SOPInstanceUID == seg.SOPInstanceUID
     assert "try 2 of 2" in caplog.text and seg.PatientID not in caplog.text
 

@@ -77,13 +77,14 @@ def _wait_for(check, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _seg_from_pacs(pacs: Orthanc, target: Path) -> Path:
-    """The one SEG in Orthanc, as a file: found by QIDO-RS (not by Orthanc's own index), fetched by WADO-RS."""
+def _seg_from_pacs(pacs: Orthanc, target: Path, modality: str = "SEG") -> Path:
+    """The one SEG (or RTSTRUCT) in Orthanc, as a file: found by QIDO-RS (not by Orthanc's own index), fetched by
+    WADO-RS."""
     from dicomweb_client.api import DICOMwebClient
 
     client = DICOMwebClient(pacs.dicomweb_url)
-    found = _wait_for(lambda: client.search_for_instances(search_filters={"Modality": "SEG"}), 15,
-                      "the SEG found by QIDO-RS")
+    found = _wait_for(lambda: client.search_for_instances(search_filters={"Modality": modality}), 15,
+                      f"the {modality} found by QIDO-RS")
     assert len(found) == 1, found
     header = pydicom.Dataset.from_json(found[0])
     seg = client.retrieve_instance(header.StudyInstanceUID, header.SeriesInstanceUID, header.SOPInstanceUID)
@@ -91,18 +92,28 @@ def _seg_from_pacs(pacs: Orthanc, target: Path) -> Path:
     return target
 
 
-def _assert_seg_is_the_prediction(path: Path, folder: Path, datasets: list[pydicom.Dataset], bundle: Path) -> None:
-    """dciodvfy finds no error, the SEG belongs to the source study and frame of reference, references every
-    slice, codes "bright" as the bundle's plan says, and highdicom reads it back to the predictor's labels."""
+def _dciodvfy_errors(path: Path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        return []
+    report = subprocess.run(["dciodvfy", str(path)], check=False, capture_output=True, text=True, timeout=60)
+    lines = (report.stdout + report.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+def _prediction(folder: Path, bundle: Path) -> np.ndarray:
     from medseg.bundle import load_bundle
     from medseg.infer.predict import Predictor
     from medseg.io import read_image
+
+    return Predictor(load_bundle(bundle)).predict(read_image(folder)).labels.array[0]
+
+
+def _assert_seg_is_the_prediction(path: Path, folder: Path, datasets: list[pydicom.Dataset], bundle: Path) -> None:
+    """dciodvfy finds no error, the SEG belongs to the source study and frame of reference, references every
+    slice, codes "bright" as the bundle's plan says, and highdicom reads it back to the predictor's labels."""
     from medseg.io.dicom_seg import read_dicom_seg_segments
 
-    if shutil.which("dciodvfy") is not None:
-        report = subprocess.run(["dciodvfy", str(path)], check=False, capture_output=True, text=True, timeout=60)
-        lines = (report.stdout + report.stderr).splitlines()
-        assert [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)
+    assert _dciodvfy_errors(path) == []
     seg = pydicom.dcmread(path)
     assert seg.StudyInstanceUID == datasets[0].StudyInstanceUID
     assert seg.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
@@ -111,7 +122,7 @@ def _assert_seg_is_the_prediction(path: Path, folder: Path, datasets: list[pydic
         {str(ds.SOPInstanceUID) for ds in datasets}
     codes = {str(s.SegmentLabel): s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence}
     assert codes == {"small": "85756007", "bright": "10200004"}  # the bundle's codes, no --label-codes given
-    expected = Predictor(load_bundle(bundle)).predict(read_image(folder)).labels.array[0]
+    expected = _prediction(folder, bundle)
     segments = read_dicom_seg_segments(path, folder)
     assert segments.array.shape[1:] == expected.shape == (20, 512, 512)  # on the source grid
     for channel, name in enumerate(segments.meta["segment_names"]):
@@ -122,8 +133,10 @@ def _assert_seg_is_the_prediction(path: Path, folder: Path, datasets: list[pydic
 
 def test_a_real_ct_goes_from_orthanc_to_the_node_and_its_seg_comes_back(tmp_path: Path, real_ct, coarse_bundle,
                                                                         caplog) -> None:
+    """With an RTSTRUCT of the same prediction too (``--rtstruct``), for radiotherapy planning systems."""
     from medseg.bundle import load_bundle
     from medseg.infer.predict import Predictor
+    from medseg.io.dicom_rtstruct import read_rtstruct
 
     folder, datasets = real_ct
     caplog.set_level(logging.INFO)
@@ -131,7 +144,7 @@ def test_a_real_ct_goes_from_orthanc_to_the_node_and_its_seg_comes_back(tmp_path
     with Orthanc(tmp_path / "orthanc", {"medseg": ["MEDSEG", "127.0.0.1", node_port]}, dicomweb=True) as pacs:
         node = DicomNode({"ct": Predictor(load_bundle(coarse_bundle))}, "MEDSEG",
                          parse_destination(f"ORTHANC@127.0.0.1:{pacs.dicom_port}"), allow=["ORTHANC"],
-                         idle_timeout=30, outbox=tmp_path / "outbox")
+                         idle_timeout=30, outbox=tmp_path / "outbox", formats=("seg", "rtstruct"))
         node.start("127.0.0.1", node_port)
         try:
             _storescu(pacs, sorted(folder.iterdir()))
@@ -141,12 +154,18 @@ def test_a_real_ct_goes_from_orthanc_to_the_node_and_its_seg_comes_back(tmp_path
             assert node.wait_idle(120), "the node did not finish the series"
             seconds = time.monotonic() - start
             path = _seg_from_pacs(pacs, tmp_path / "seg.dcm")
-            (seg_series,) = pacs.find("Series", {"Modality": "SEG"})
-            assert seg_series["ParentStudy"] == series["ParentStudy"]  # stored into the same study
+            rtstruct = _seg_from_pacs(pacs, tmp_path / "rtstruct.dcm", "RTSTRUCT")
+            for modality in ("SEG", "RTSTRUCT"):
+                (stored,) = pacs.find("Series", {"Modality": modality})
+                assert stored["ParentStudy"] == series["ParentStudy"]  # stored into the same study
         finally:
             node.stop()
-    assert node.failed == [] and len(node.sent) == 1
+    assert node.failed == [] and len(node.sent) == 2
     _assert_seg_is_the_prediction(path, folder, datasets, coarse_bundle)
+    assert _dciodvfy_errors(rtstruct) == []
+    contours = read_rtstruct(rtstruct, folder)
+    assert contours.meta["roi_names"] == {1: "small", 2: "bright"}
+    np.testing.assert_array_equal(contours.array[0], _prediction(folder, coarse_bundle))  # pixel-edge contours
     assert "MEDSEG-REAL-1" not in caplog.text and str(datasets[0].SeriesInstanceUID) not in caplog.text
     print(json.dumps({"real_ct_node_round_trip_s": round(seconds, 2), "slices": len(datasets)}))
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from medseg import __version__
 from medseg.colours import label_colour
@@ -214,7 +214,10 @@ def _header(first: Dataset, frame: str, series_description: str) -> Dataset:
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RTSTRUCT_SOP_CLASS, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    # Implicit VR: ContourData is DS, whose explicit-VR length field is 16 bits, so a contour of more than ~4,000
+    # points (a ragged organ outline on a 512x512 slice) would not fit; implicit VR has 32 bits (and is what
+    # treatment planning systems themselves write)
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 192"

@@ -4,6 +4,8 @@
     worker = DicomWebWorker(DICOMwebClient("http://pacs/dicom-web"), {"liver": predictor})
     outcomes = worker.run_study("1.2.840...")        # one SeriesOutcome a series: segmented, skipped or failed
 
+With ``formats=("seg", "rtstruct")`` an RTSTRUCT of the same prediction is stored (and confirmed) beside the SEG.
+
 A series is skipped when it is not an image series (SEG, SR, ...), when the rules give it no model, or when a SEG
 made by medseg (segment algorithm "medseg") already references it, so running the worker again on a study does
 nothing twice. A 200 from STOW-RS is not taken as proof: the new SEG must be found by QIDO-RS before the series
@@ -14,7 +16,7 @@ by :func:`~medseg.pacs.segment.short_hash`, never by patient data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ from pydicom.dataset import Dataset
 
 from medseg.errors import MedsegError
 from medseg.pacs.rules import RuleSet
-from medseg.pacs.segment import is_image_sop_class, segment_series, short_hash
+from medseg.pacs.segment import is_image_sop_class, segment_series_objects, short_hash
 
 log = logging.getLogger("medseg.pacs")
 
@@ -59,10 +61,11 @@ class DicomWebWorker:
     ``dicomweb_client.DICOMwebClient``; ``models`` maps names (as the rules use them) to predictors."""
 
     def __init__(self, client: Any, models: Mapping[str, Any], rules: RuleSet | None = None,
-                 label_codes: Mapping | None = None) -> None:
+                 label_codes: Mapping | None = None, formats: Sequence[str] = ("seg",)) -> None:
         if not models:
             raise MedsegError("no model to run", fix="give at least one bundle")
         self.client, self.models, self.label_codes = client, dict(models), label_codes
+        self.formats = tuple(formats)  # what each series gives: "seg" and/or "rtstruct"
         self.rules = rules or RuleSet.everything_to(next(iter(self.models)))
 
     def studies_since(self, date: str) -> list[str]:
@@ -108,24 +111,27 @@ class DicomWebWorker:
                         if is_image_sop_class(str(d.SOPClassUID))]
             if not datasets:
                 raise MedsegError("holds no image instances", outcome.series)
-            seg = segment_series(datasets, self.models[model], self.label_codes)
-            self.client.store_instances([seg], study_instance_uid=study)
-            self._confirm(study, seg)
+            objects = segment_series_objects(datasets, self.models[model], self.formats, self.label_codes)
+            self.client.store_instances(objects, study_instance_uid=study)
+            for stored in objects:
+                self._confirm(study, stored)
         except MedsegError as error:
             outcome.status, outcome.detail = "failed", error.what
         except Exception as error:  # noqa: BLE001 - a server or network error on one series; the others go on
             log.warning("series %s failed: %s", outcome.series, type(error).__name__)
             outcome.status, outcome.detail = "failed", f"{type(error).__name__}: {str(error)[:200]}"
         else:
-            outcome.status, outcome.detail = "segmented", f"SEG stored with {len(seg.SegmentSequence)} segment(s)"
+            outcome.status, outcome.detail = "segmented", " and ".join(
+                f"{o.Modality} stored with {len(o.get('SegmentSequence', o.get('StructureSetROISequence', [])))} "
+                "segment(s)" for o in objects)
         log.info("series %s: %s (%s)", outcome.series, outcome.status, outcome.detail)
         return outcome
 
     def _confirm(self, study: str, seg: Dataset) -> None:
-        """The stored SEG, found again by QIDO-RS (a STOW-RS 200 alone is not proof)."""
+        """The stored SEG (or RTSTRUCT), found again by QIDO-RS (a STOW-RS 200 alone is not proof)."""
         found = self.client.search_for_instances(study_instance_uid=study,
                                                  series_instance_uid=str(seg.SeriesInstanceUID),
                                                  search_filters={"SOPInstanceUID": str(seg.SOPInstanceUID)})
         if not found:
-            raise MedsegError("the server answered the store but QIDO-RS does not find the SEG",
+            raise MedsegError(f"the server answered the store but QIDO-RS does not find the {seg.Modality}",
                               fix="check the server's STOW-RS and its storage")

@@ -11,9 +11,10 @@
 * A series is complete when the association that brought it is released, or when no instance of it came for
   ``idle_timeout`` seconds (an aborted association, a sender that spreads a series over several).
 * One worker segments complete series one at a time: :class:`~medseg.pacs.rules.RuleSet` picks the model (or
-  none: the series is skipped), :func:`~medseg.pacs.segment.segment_series` makes the SEG, and it is C-STOREd to
-  the destination. A refused or failed send is retried (``retries`` times, waiting 1, 2, 4 ... s), then the SEG
-  is saved in ``outbox`` and sent again when the node starts and after its next successful send: never lost.
+  none: the series is skipped), :func:`~medseg.pacs.segment.segment_series_objects` makes the SEG (and, with
+  ``formats=("seg", "rtstruct")``, an RTSTRUCT of the same prediction), and each is C-STOREd to the destination.
+  A refused or failed send is retried (``retries`` times, waiting 1, 2, 4 ... s), then the object is saved in
+  ``outbox`` and sent again when the node starts and after its next successful send: never lost.
 * A failure on one series is logged and the node goes on. Logs carry no patient data: series appear as a short
   hash of their UID (:func:`~medseg.pacs.segment.short_hash`), with modality, instance count, model and timings.
 """
@@ -33,8 +34,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medseg.errors import MedsegError
+from medseg.io.atomic import atomic_path
 from medseg.pacs.rules import RuleSet
-from medseg.pacs.segment import is_image_sop_class, segment_series, short_hash
+from medseg.pacs.segment import is_image_sop_class, segment_series_objects, short_hash
 
 __all__ = ["Destination", "DicomNode", "parse_destination"]
 
@@ -75,7 +77,7 @@ class DicomNode:
 
     def __init__(self, models: Mapping[str, Any], aet: str, destination: Destination, rules: RuleSet | None = None,
                  allow: Sequence[str] = (), idle_timeout: float = 30.0, label_codes: Mapping | None = None,
-                 outbox: str | Path | None = None, retries: int = 3) -> None:
+                 outbox: str | Path | None = None, retries: int = 3, formats: Sequence[str] = ("seg",)) -> None:
         if not models:
             raise MedsegError("no model to run", None, "give at least one bundle")
         self.models, self.aet, self.destination = dict(models), aet, destination
@@ -83,8 +85,9 @@ class DicomNode:
         self.allow, self.idle_timeout, self.label_codes = list(allow), float(idle_timeout), label_codes
         self.outbox = Path(outbox) if outbox else None
         self.retries = max(int(retries), 1)
+        self.formats = tuple(formats)  # what each series gives: "seg" and/or "rtstruct"
         self.retry_wait = 1.0  # seconds before the first retry, doubled each time
-        self.sent: list[str] = []  # SOP Instance UIDs of the SEGs stored at the destination
+        self.sent: list[str] = []  # SOP Instance UIDs of the SEGs (and RTSTRUCTs) stored at the destination
         self.failed: list[str] = []  # short hashes of series that could not be segmented or delivered
         self._pending: dict[str, _Series] = {}
         self._by_association: dict[int, set[str]] = {}
@@ -239,52 +242,57 @@ class DicomNode:
             return False
         start = time.perf_counter()
         try:
-            seg = segment_series(datasets, self.models[model], self.label_codes)
+            objects = segment_series_objects(datasets, self.models[model], self.formats, self.label_codes)
         except MedsegError as error:
             log.warning("series %s (%s, %d instances): not segmented by %s: %s", tag, first.get("Modality", "?"),
                         len(datasets), model, error.message)
             self.failed.append(tag)
             return False
-        log.info("series %s (%s, %d instances): segmented by %s in %.1f s, %d segment(s)", tag,
-                 first.get("Modality", "?"), len(datasets), model, time.perf_counter() - start,
-                 len(seg.SegmentSequence))
-        if self.deliver(seg, tag):
+        log.info("series %s (%s, %d instances): segmented by %s in %.1f s, %s", tag, first.get("Modality", "?"),
+                 len(datasets), model, time.perf_counter() - start,
+                 " and ".join(f"{len(o.get('SegmentSequence', o.get('StructureSetROISequence', [])))} "
+                              f"{o.Modality} segment(s)" for o in objects))
+        delivered = [self.deliver(o, tag) for o in objects]  # each one tried, kept in the outbox when it fails
+        if all(delivered):
             self.flush_outbox()
             return True
         self.failed.append(tag)
         return False
 
-    def deliver(self, seg: Dataset, tag: str) -> bool:
-        """C-STORE ``seg`` to the destination, retrying; saved in the outbox when every try fails."""
-        wait = self.retry_wait
+    def deliver(self, result: Dataset, tag: str) -> bool:
+        """C-STORE ``result`` (a SEG or RTSTRUCT) to the destination, retrying; saved in the outbox when every
+        try fails."""
+        wait, kind = self.retry_wait, str(result.get("Modality", "SEG"))
         for attempt in range(1, self.retries + 1):
-            problem = self._store(seg)
+            problem = self._store(result)
             if problem is None:
-                log.info("series %s: SEG stored at %s", tag, self.destination)
-                self.sent.append(str(seg.SOPInstanceUID))
+                log.info("series %s: %s stored at %s", tag, kind, self.destination)
+                self.sent.append(str(result.SOPInstanceUID))
                 return True
-            log.warning("series %s: storing the SEG at %s failed (try %d of %d): %s", tag, self.destination,
+            log.warning("series %s: storing the %s at %s failed (try %d of %d): %s", tag, kind, self.destination,
                         attempt, self.retries, problem)
             if attempt < self.retries and not self._stop.wait(wait):
                 wait *= 2
         if self.outbox is None:
-            log.error("series %s: SEG not delivered and no outbox to keep it (give --outbox)", tag)
+            log.error("series %s: %s not delivered and no outbox to keep it (give --outbox)", tag, kind)
             return False
         self.outbox.mkdir(parents=True, exist_ok=True)
-        path = self.outbox / f"{short_hash(seg.SOPInstanceUID)}.seg.dcm"
-        seg.save_as(path, enforce_file_format=True)
-        log.error("series %s: SEG not delivered; kept as %s, sent again later", tag, path)
+        path = self.outbox / f"{short_hash(result.SOPInstanceUID)}.{kind.lower()}.dcm"
+        with atomic_path(path) as partial:  # a crash mid-write leaves no half file for flush_outbox to send
+            result.save_as(partial, enforce_file_format=True)
+        log.error("series %s: %s not delivered; kept as %s, sent again later", tag, kind, path)
         return False
 
     def flush_outbox(self) -> None:
-        """Send the SEGs that earlier failures left in the outbox (each removed once stored)."""
-        for path in sorted(self.outbox.glob("*.seg.dcm")) if self.outbox and self.outbox.is_dir() else []:
+        """Send what earlier failures left in the outbox (each file removed once stored)."""
+        kept = sorted(self.outbox.glob("*.dcm")) if self.outbox and self.outbox.is_dir() else []
+        for path in [p for p in kept if not p.name.startswith(".")]:  # not a write still in progress
             if self._store(pydicom.dcmread(path)) is None:
                 log.info("outbox: %s stored at %s", path.name, self.destination)
                 path.unlink()
 
     def _store(self, seg: Dataset) -> str | None:
-        """One C-STORE of ``seg``; None on success, else what went wrong."""
+        """One C-STORE of ``seg`` (or another object); None on success, else what went wrong."""
         from pynetdicom import AE
 
         ae = AE(ae_title=self.aet)

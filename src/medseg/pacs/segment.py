@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from medseg.infer.predict import Predictor
     from medseg.io.dicom_seg import LabelCodes
 
-__all__ = ["check_untilted", "is_image_sop_class", "series_image", "segment_series", "short_hash"]
+__all__ = ["OUTPUT_FORMATS", "check_untilted", "is_image_sop_class", "segment_series", "segment_series_objects",
+           "series_image", "short_hash"]
 
 _TILT_TOLERANCE_MM = 0.01  # in-plane drift of a slice position allowed, per mm along the normal (0.6 degree)
 
@@ -128,11 +129,35 @@ def segment_series(datasets: Sequence[Dataset], predictor: Predictor, label_code
     give its DICOM SEG: one segment per label of the model, coded by ``label_codes``, then the bundle's plan,
     then :func:`medseg.io.dicom_seg.segment_terms` (:mod:`medseg.io.label_codes`); same study and frame of
     reference, every source instance referenced."""
+    return segment_series_objects(datasets, predictor, ("seg",), label_codes, algorithm, limits)[0]
+
+
+OUTPUT_FORMATS = ("seg", "rtstruct")
+
+
+def segment_series_objects(datasets: Sequence[Dataset], predictor: Predictor, formats: Sequence[str] = ("seg",),
+                           label_codes: LabelCodes | None = None, algorithm: str = "medseg",
+                           limits: ReadLimits | None = None) -> list[Dataset]:
+    """One prediction of the series, written as each of ``formats`` in turn: ``"seg"`` (as :func:`segment_series`)
+    and ``"rtstruct"`` (an RT Structure Set, :func:`medseg.io.dicom_rtstruct.rtstruct_dataset`, for radiotherapy
+    planning systems)."""
+    from medseg.io.dicom_rtstruct import rtstruct_dataset
+
+    unknown = sorted(set(formats) - set(OUTPUT_FORMATS))
+    if unknown or not formats:
+        raise MedsegError(f"unknown output format(s) {unknown or 'none'}", None, f"choose from {OUTPUT_FORMATS}")
     predictor = getattr(predictor, "predictor", predictor)  # medseg.serve's Served wraps one
     image, ordered = series_image(datasets, limits)
     where = f"series {short_hash(image.meta['series_instance_uid'])}"
-    result = predictor.predict(image, where)
+    labels = predictor.predict(image, where).labels.array
     names = predictor.plan.disk_labels
-    return dicom_seg_dataset(result.labels.array, ordered, names, algorithm=algorithm,
-                             series_description=f"{algorithm} {predictor.plan.dataset_name}"[:64],
-                             label_codes=predictor.plan.segment_codes(label_codes), where=where)
+    description = f"{algorithm} {predictor.plan.dataset_name}"[:64]
+    objects = []
+    for fmt in formats:
+        if fmt == "seg":
+            objects.append(dicom_seg_dataset(labels, ordered, names, algorithm=algorithm,
+                                             series_description=description,
+                                             label_codes=predictor.plan.segment_codes(label_codes), where=where))
+        else:
+            objects.append(rtstruct_dataset(labels, ordered, names, series_description=description, where=where))
+    return objects
