@@ -335,3 +335,29 @@ def test_a_store_that_qido_cannot_find_is_a_failure_not_a_success(bundle_3d: Pat
     worker = DicomWebWorker(ForgetfulServer(), {"blobs": Predictor(load_bundle(bundle_3d))})
     (outcome,) = worker.run_study(str(datasets[0].StudyInstanceUID))
     assert outcome.status == "failed" and "QIDO-RS does not find the SEG" in outcome.detail
+
+
+def test_dicomweb_command_with_rtstruct_stores_both_objects(tmp_path: Path, bundle_3d: Path, capsys) -> None:
+    """`--rtstruct`: an RT Structure Set of the same prediction beside the SEG, each confirmed by QIDO-RS."""
+    import io
+
+    from medseg.io.dicom_rtstruct import read_rtstruct
+    from medseg.io.dicom_seg import read_dicom_seg
+
+    datasets = ct_series_datasets(n=6, shape=(32, 28))
+    write_datasets(datasets, tmp_path / "ct")
+    with Orthanc(tmp_path / "orthanc", {}, dicomweb=True) as pacs:
+        for ds in datasets:
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            pacs.request("POST", "/instances", buffer.getvalue())
+        assert run_cli("dicomweb", str(bundle_3d), "--url", pacs.dicomweb_url, "--study",
+                       str(datasets[0].StudyInstanceUID), "--rtstruct") == 0
+        (outcome,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        assert outcome["status"] == "segmented" and "RTSTRUCT stored" in outcome["detail"], outcome
+        for modality in ("SEG", "RTSTRUCT"):
+            (series,) = pacs.find("Series", {"Modality": modality})
+            (tmp_path / f"{modality}.dcm").write_bytes(pacs.request("GET", f"/instances/{series['Instances'][0]}/file"))
+    seg = read_dicom_seg(tmp_path / "SEG.dcm", tmp_path / "ct").array[0]
+    contours = read_rtstruct(tmp_path / "RTSTRUCT.dcm", tmp_path / "ct").array[0]
+    np.testing.assert_array_equal(seg > 0, contours > 0)  # one prediction, two encodings

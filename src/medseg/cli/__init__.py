@@ -17,7 +17,8 @@ from medseg.errors import MedsegError
 __all__ = ["app", "main", "parse_duration"]
 
 # `medseg --help` lists the commands in the order of the job, not in the order their modules were imported
-COMMAND_ORDER = ["check", "split", "convert", "plan", "train", "predict", "export", "serve", "dicom_node", "dicomweb",
+COMMAND_ORDER = ["check", "split", "convert", "plan", "train", "predict", "export", "serve", "dicom_node", "dicom_pull",
+                 "dicomweb",
                  "evaluate", "compare", "report", "demo"]
 app.registered_commands.sort(key=lambda command: COMMAND_ORDER.index(command.callback.__name__))
 

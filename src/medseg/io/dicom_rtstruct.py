@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
@@ -218,8 +218,8 @@ def _header(first: Dataset, frame: str, series_description: str) -> Dataset:
     # points (a ragged organ outline on a 512x512 slice) would not fit; implicit VR has 32 bits (and is what
     # treatment planning systems themselves write)
     meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
+    # a FileDataset (with its preamble) so that any writer, e.g. dicomweb-client's STOW-RS, gives a Part 10 file
+    ds = FileDataset("rtstruct", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time

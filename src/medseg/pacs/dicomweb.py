@@ -28,7 +28,7 @@ from medseg.pacs.segment import is_image_sop_class, segment_series_objects, shor
 
 log = logging.getLogger("medseg.pacs")
 
-_ALGORITHM = "medseg"
+SEG_ALGORITHM = "medseg"  # SegmentAlgorithmName of the SEGs medseg stores: how a rerun knows them
 # WADO-RS in the stored transfer syntax: medseg decodes JPEG, JPEG-LS and JPEG 2000 itself (pylibjpeg), while the
 # default (uncompressed) makes the server transcode, which Debian's Orthanc cannot for JPEG 2000 (HTTP 500)
 ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)
@@ -88,7 +88,7 @@ class DicomWebWorker:
             for meta in self.client.retrieve_series_metadata(study, str(header.SeriesInstanceUID)):
                 seg = header_of(meta)
                 algorithms = {str(s.get("SegmentAlgorithmName", "")) for s in seg.get("SegmentSequence", [])}
-                if _ALGORITHM in algorithms:
+                if SEG_ALGORITHM in algorithms:
                     referenced |= {str(r.SeriesInstanceUID) for r in seg.get("ReferencedSeriesSequence", [])}
         return referenced
 
