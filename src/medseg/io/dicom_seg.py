@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from highdicom.seg import Segmentation
     from pydicom.sr.coding import Code
 
-    from medseg.io.label_codes import LabelCodes
+    LabelCodes = Mapping[str, tuple[Code, Code, Code | None]]  # as medseg.io.label_codes (which imports this module)
 
 __all__ = ["dicom_seg_dataset", "read_dicom_seg", "read_dicom_seg_segments", "segment_terms", "source_datasets",
            "write_dicom_seg"]
