@@ -451,6 +451,19 @@ class Orthanc:
         return self.post("/tools/find", {"Level": level, "Query": query, "Expand": True})
 
 
+def wait_for(check, timeout: float, what: str):
+    """Poll ``check()`` until it gives something truthy (returned), or fail after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 # Model updates (fine-tuning, compare): data sets derived from another, bundles altered by construction
 def shifted_copy(source: Path, target: Path, spacing: tuple[float, ...] | None = None, scale: float = 1.0,
                  offset: float = 0.0, relabel: dict[int, int] | None = None, labels: dict[str, int] | None = None,

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from builders import Orthanc, ct_series_datasets, free_port, run_cli, sr_dataset, write_datasets, write_series
+from builders import Orthanc, ct_series_datasets, free_port, run_cli, sr_dataset, wait_for, write_datasets, write_series
 from medseg.errors import MedsegError
 from medseg.pacs import DicomNode, load_label_codes, load_rules, parse_destination, segment_series, series_image
 from medseg.pacs.rules import model_name
@@ -214,16 +214,6 @@ def test_an_aborted_series_completes_after_the_idle_timeout(tmp_path: Path, bund
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_orthanc_sends_a_series_and_gets_the_seg_back(tmp_path: Path, bundle_3d: Path, caplog) -> None:
     if shutil.which("storescu") is None:
         pytest.skip("dcmtk's storescu is not installed (apt-get install dcmtk; .ci/run does it as root)")
@@ -249,7 +239,7 @@ def test_orthanc_sends_a_series_and_gets_the_seg_back(tmp_path: Path, bundle_3d:
             assert pacs.post("/modalities/medseg/echo", {}) == {}  # Orthanc's C-ECHO reaches the node
             pacs.post("/modalities/medseg/store", {"Resources": [series["ID"]], "Synchronous": True})
             assert node.wait_idle(60), "the node did not finish the series"
-            segs = _wait_for(lambda: pacs.find("Series", {"Modality": "SEG"}), 15, "the SEG in Orthanc")
+            segs = wait_for(lambda: pacs.find("Series", {"Modality": "SEG"}), 15, "the SEG in Orthanc")
         finally:
             node.stop()
         (seg_series,) = segs

@@ -21,7 +21,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from builders import Orthanc, free_port, run_cli, shared
+from builders import Orthanc, free_port, run_cli, shared, wait_for
 from medseg.pacs import DicomNode, parse_destination
 from medseg.pacs.segment import short_hash
 
@@ -67,23 +67,13 @@ def _storescu(pacs: Orthanc, files: list[Path]) -> None:
                    check=True, capture_output=True, timeout=60)
 
 
-def _wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _seg_from_pacs(pacs: Orthanc, target: Path, modality: str = "SEG") -> Path:
     """The one SEG (or RTSTRUCT) in Orthanc, as a file: found by QIDO-RS (not by Orthanc's own index), fetched by
     WADO-RS."""
     from dicomweb_client.api import DICOMwebClient
 
     client = DICOMwebClient(pacs.dicomweb_url)
-    found = _wait_for(lambda: client.search_for_instances(search_filters={"Modality": modality}), 15,
+    found = wait_for(lambda: client.search_for_instances(search_filters={"Modality": modality}), 15,
                       f"the {modality} found by QIDO-RS")
     assert len(found) == 1, found
     header = pydicom.Dataset.from_json(found[0])
@@ -248,7 +238,7 @@ def test_the_pacs_down_during_the_send_keeps_the_seg_until_it_is_back(tmp_path: 
         assert "try 2 of 2" in caplog.text and "kept as" in caplog.text
         with pacs:  # the same Orthanc (ports, storage) back up
             node.flush_outbox()
-            (seg_series,) = _wait_for(lambda: pacs.find("Series", {"Modality": "SEG"}), 15, "the SEG from the outbox")
+            (seg_series,) = wait_for(lambda: pacs.find("Series", {"Modality": "SEG"}), 15, "the SEG from the outbox")
             assert seg_series["ParentStudy"] == series["ParentStudy"]
             assert len(pacs.find("Series", {"SeriesInstanceUID": str(datasets[0].SeriesInstanceUID)})) == 1
     finally:
