@@ -23,12 +23,15 @@ Only pydicom and numpy are needed: no optional extra.
 from __future__ import annotations
 
 import datetime
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 from medseg import __version__
@@ -178,7 +181,11 @@ def rtstruct_dataset(labels: np.ndarray, sources: list[Dataset], names: Mapping[
         contour.ReferencedROINumber = value
         contours = _slice_contours(labels == value, sources, refs)
         if contours:  # an empty ROI has no ContourSequence: the module wants 1-n items when it is present
-            contour.ContourSequence = Sequence(contours)
+            contour[_CONTOUR_SEQUENCE] = _contour_sequence(contours)
+            # the item is written in implicit VR little endian (see _header); saying so lets pydicom copy the
+            # encoded sequence as it is instead of decoding it first. "iso8859" is pydicom's name for the default
+            # character set, which an item without its own SpecificCharacterSet has
+            contour.set_original_encoding(True, True, "iso8859")
         ds.ROIContourSequence.append(contour)
         observation = Dataset()
         observation.ObservationNumber, observation.ReferencedROINumber = value, value
@@ -221,6 +228,9 @@ def _header(first: Dataset, frame: str, series_description: str) -> Dataset:
     # a FileDataset (with its preamble) so that any writer, e.g. dicomweb-client's STOW-RS, gives a Part 10 file
     ds = FileDataset("rtstruct", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SpecificCharacterSet = "ISO_IR 192"
+    # written as it is encoded: pydicom would otherwise re-check every element, decoding the ContourSequences
+    # that _slice_contours encodes (see there)
+    ds.set_original_encoding(True, True, convert_encodings("ISO_IR 192"))
     ds.SOPClassUID, ds.SOPInstanceUID = RTSTRUCT_SOP_CLASS, meta.MediaStorageSOPInstanceUID
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     for keyword in _PATIENT_STUDY:
@@ -252,22 +262,54 @@ def _referenced_frame(first: Dataset, frame: str, refs: list[tuple[str, str]]) -
     return item
 
 
-def _slice_contours(mask: np.ndarray, sources: list[Dataset], refs: list[tuple[str, str]]) -> list[Dataset]:
-    """CLOSED_PLANAR contour items of a (Z, Y, X) mask, each in its slice's patient coordinates."""
+def _slice_contours(mask: np.ndarray, sources: list[Dataset], refs: list[tuple[str, str]]) -> bytes:
+    """The encoded items (implicit VR little endian) of a ContourSequence: one CLOSED_PLANAR contour item per
+    polygon of the (Z, Y, X) mask, in its slice's patient coordinates and linked to its slice; b"" for none."""
     items = []
     for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)).tolist():
         to_patient = _pixel_to_patient(sources[z])
+        image = _item(_element(0x0008, 0x1150, _ui(refs[z][0])) + _element(0x0008, 0x1155, _ui(refs[z][1])))
+        image_sequence = _element(0x3006, 0x0016, image)
         for polygon in label_contours(mask[z]):
             points = to_patient(polygon)
-            item = Dataset()
-            image = Dataset()
-            image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID = refs[z]
-            item.ContourImageSequence = [image]
-            item.ContourGeometricType, item.NumberOfContourPoints = "CLOSED_PLANAR", len(points)
-            item.ContourNumber = len(items) + 1
-            item.ContourData = [f"{v:.4f}".rstrip("0").rstrip(".") for v in points.ravel()]
-            items.append(item)
-    return items
+            data = "\\".join(["%.4f"] * points.size) % tuple(points.ravel().tolist())
+            items.append(_item(image_sequence
+                               + _element(0x3006, 0x0042, _text("CLOSED_PLANAR"))
+                               + _element(0x3006, 0x0046, _text(str(len(points))))
+                               + _element(0x3006, 0x0048, _text(str(len(items) + 1)))
+                               + _element(0x3006, 0x0050, _text(data))))
+    return b"".join(items)
+
+
+# The contour items are encoded here by hand rather than built as pydicom Datasets. A speckled prediction on a
+# 20-slice CT gives about 30,000-50,000 contours, and pydicom's per-Dataset and per-DSfloat overhead made writing
+# those take 30-100 s; the bytes below are the same implicit VR little endian encoding that pydicom writes (and
+# reads back: tests/test_rtstruct.py round-trips them and runs dciodvfy on them).
+
+
+def _element(group: int, element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", group, element, len(value)) + value
+
+
+def _item(body: bytes) -> bytes:
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+
+
+def _ui(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def _contour_sequence(encoded_items: bytes) -> RawDataElement:
+    return RawDataElement(_CONTOUR_SEQUENCE, "SQ", len(encoded_items), encoded_items, 0, True, True)
+
+
+_CONTOUR_SEQUENCE = Tag(0x3006, 0x0040)
 
 
 def _pixel_to_patient(ds: Dataset):
