@@ -4,6 +4,7 @@ its DICOMweb server."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,14 +20,22 @@ RtstructOption = Annotated[bool, typer.Option(
                        "planning systems).")]
 
 
+BundlesArgument = Annotated[list[Path], typer.Argument(
+    help="One or more model bundle folders (the first is the default model).")]
+BackendOption = Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")]
+StudyOption = Annotated[list[str] | None, typer.Option(help="StudyInstanceUID to segment (repeatable).")]
+SinceOption = Annotated[str | None, typer.Option(help="Segment every study on or after this date (YYYYMMDD).")]
+RulesOption = Annotated[Path | None, typer.Option(help="Which model runs on which series (as `medseg dicom-node "
+                                                       "--rules`).")]
+
+
 def _formats(rtstruct: bool) -> tuple[str, ...]:
     return ("seg", "rtstruct") if rtstruct else ("seg",)
 
 
 @app.command("dicom-node")
 def dicom_node(
-    bundles: Annotated[list[Path], typer.Argument(help="One or more model bundle folders (the first is the "
-                                                       "default model).")],
+    bundles: BundlesArgument,
     send_to: Annotated[str, typer.Option("--send-to", help="Where SEGs go: AET@host:port of the PACS, e.g. "
                                                            "ORTHANC@pacs:4242.")],
     aet: Annotated[str, typer.Option(help="This node's AE title.")] = "MEDSEG",
@@ -48,7 +57,7 @@ def dicom_node(
     outbox: Annotated[Path, typer.Option(help="Folder keeping SEGs that could not be delivered after the retries; "
                                               "they are sent again later.")] = Path("medseg-outbox"),
     retries: Annotated[int, typer.Option(help="Tries per SEG before it goes to the outbox.")] = 3,
-    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")] = "torch",
+    backend: BackendOption = "torch",
 ) -> None:
     """Receive series from a PACS (C-STORE), segment each, and C-STORE the DICOM SEG back.
 
@@ -86,6 +95,25 @@ def _predictors(bundles: list[Path], backend: str) -> dict:
     return models
 
 
+def _require_studies(study: list[str] | None, since: str | None) -> None:
+    from medseg.errors import MedsegError
+
+    if not study and since is None:
+        raise MedsegError("no study to segment", "--study", "give --study UID (repeatable) or --since YYYYMMDD")
+
+
+def _report(outcomes_per_study: Iterable[Iterable]) -> int:
+    """Print one JSON line a series outcome (no patient data) as it comes; the number that failed."""
+    import json
+
+    failed = 0
+    for outcomes in outcomes_per_study:
+        for outcome in outcomes:
+            failed += outcome.status == "failed"
+            out.print(json.dumps(outcome.to_dict()), markup=False, highlight=False, soft_wrap=True)
+    return failed
+
+
 def _destination(text: str, option: str) -> Destination:
     """``AET@host:port`` given to ``option``, its errors naming that option."""
     from medseg.errors import MedsegError
@@ -99,18 +127,15 @@ def _destination(text: str, option: str) -> Destination:
 
 @app.command("dicomweb")
 def dicomweb(
-    bundles: Annotated[list[Path], typer.Argument(help="One or more model bundle folders (the first is the "
-                                                       "default model).")],
+    bundles: BundlesArgument,
     url: Annotated[str, typer.Option(help="The DICOMweb root, e.g. http://pacs:8042/dicom-web.")],
-    study: Annotated[list[str] | None, typer.Option(help="StudyInstanceUID to segment (repeatable).")] = None,
-    since: Annotated[str | None, typer.Option(help="Segment every study on or after this date (YYYYMMDD).")]
-    = None,
-    rules: Annotated[Path | None, typer.Option(help="Which model runs on which series (as `medseg dicom-node "
-                                                    "--rules`).")] = None,
+    study: StudyOption = None,
+    since: SinceOption = None,
+    rules: RulesOption = None,
     label_codes: LabelCodesOption = None,
     rtstruct: RtstructOption = False,
     token_file: Annotated[Path | None, typer.Option(help="File holding a bearer token for the server.")] = None,
-    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")] = "torch",
+    backend: BackendOption = "torch",
 ) -> None:
     """Segment studies on a DICOMweb server: QIDO-RS finds the series, WADO-RS fetches them, STOW-RS stores each
     SEG into the same study, and QIDO-RS confirms it. Series that a medseg SEG references already are skipped.
@@ -118,40 +143,30 @@ def dicomweb(
     Example: medseg dicomweb runs/liver/bundle --url http://pacs:8042/dicom-web --study 1.2.840.113619...
     Prints one JSON line a series (no patient data); exit 1 when a series failed.
     """
-    import json
 
     from dicomweb_client.api import DICOMwebClient
 
-    from medseg.errors import MedsegError
     from medseg.pacs import DicomWebWorker, load_label_codes, load_rules
     from medseg.serve import load_token
 
-    if not study and since is None:
-        raise MedsegError("no study to segment", "--study", "give --study UID (repeatable) or --since YYYYMMDD")
+    _require_studies(study, since)
     token = load_token(token_file) if token_file else None
     client = DICOMwebClient(url, headers={"Authorization": f"Bearer {token}"} if token else None)
     models = _predictors(bundles, backend)
     worker = DicomWebWorker(client, models, load_rules(rules, list(models)), load_label_codes(label_codes),
                             _formats(rtstruct))
     studies = list(study or []) + (worker.studies_since(since) if since else [])
-    failed = 0
-    for uid in studies:
-        for outcome in worker.run_study(uid):
-            failed += outcome.status == "failed"
-            out.print(json.dumps(outcome.to_dict()), markup=False, highlight=False, soft_wrap=True)
-    if failed:
+    if _report(worker.run_study(uid) for uid in studies):
         raise typer.Exit(1)
 
 
 @app.command("dicom-pull")
 def dicom_pull(
-    bundles: Annotated[list[Path], typer.Argument(help="One or more model bundle folders (the first is the "
-                                                       "default model).")],
+    bundles: BundlesArgument,
     pacs: Annotated[str, typer.Option("--pacs", help="The PACS to query and retrieve from: AET@host:port, e.g. "
                                                      "ORTHANC@pacs:4242.")],
-    study: Annotated[list[str] | None, typer.Option(help="StudyInstanceUID to segment (repeatable).")] = None,
-    since: Annotated[str | None, typer.Option(help="Segment every study on or after this date (YYYYMMDD).")]
-    = None,
+    study: StudyOption = None,
+    since: SinceOption = None,
     modality: Annotated[str | None, typer.Option(help="Only series of this modality (e.g. CT).")] = None,
     aet: Annotated[str, typer.Option(help="This node's AE title: the C-MOVE destination, as the PACS knows it.")]
     = "MEDSEG",
@@ -161,8 +176,7 @@ def dicom_pull(
                                                                   "--pacs.")] = None,
     allow: Annotated[list[str] | None, typer.Option("--allow", help="Calling AE title allowed to send the moved "
                                                                     "series (repeatable). Default: any.")] = None,
-    rules: Annotated[Path | None, typer.Option(help="Which model runs on which series (as `medseg dicom-node "
-                                                    "--rules`).")] = None,
+    rules: RulesOption = None,
     label_codes: LabelCodesOption = None,
     rtstruct: RtstructOption = False,
     outbox: Annotated[Path, typer.Option(help="Folder keeping SEGs that could not be delivered after the retries; "
@@ -170,7 +184,7 @@ def dicom_pull(
     = Path("medseg-outbox"),
     timeout: Annotated[float, typer.Option(help="Seconds one series may take: moved, segmented and stored.")]
     = 600.0,
-    backend: Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")] = "torch",
+    backend: BackendOption = "torch",
 ) -> None:
     """Pull series from a PACS: C-FIND finds them, C-MOVE sends each to this node, which segments it and C-STOREs
     the SEG, then C-FIND confirms it is there. Non-image series, series no rule gives a model, and series a medseg
@@ -181,14 +195,11 @@ def dicom_pull(
     The PACS must know this node (--aet at this host and --port) as a DICOM modality: it is the C-MOVE destination.
     Prints one JSON line a series (no patient data); exit 1 when a series failed.
     """
-    import json
 
-    from medseg.errors import MedsegError
     from medseg.pacs import DicomNode, DicomPuller, load_label_codes, load_rules
     from medseg.pacs.pull import check_date
 
-    if not study and since is None:
-        raise MedsegError("no study to segment", "--study", "give --study UID (repeatable) or --since YYYYMMDD")
+    _require_studies(study, since)
     if since is not None:
         check_date(since)
     source = _destination(pacs, "--pacs")
@@ -199,15 +210,11 @@ def dicom_pull(
                      outbox=outbox, formats=_formats(rtstruct))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     node.start(host, port)
-    failed = 0
     try:
         where = f"{host}:{port}" if host not in ("0.0.0.0", "::", "") else f"this machine's address, port {port}"
         puller = DicomPuller(node, source, where, timeout)
         studies = list(study or []) + (puller.studies_since(since) if since else [])
-        for uid in studies:
-            for outcome in puller.run_study(uid, modality):
-                failed += outcome.status == "failed"
-                out.print(json.dumps(outcome.to_dict()), markup=False, highlight=False, soft_wrap=True)
+        failed = _report(puller.run_study(uid, modality) for uid in studies)
     finally:
         node.stop()
     if failed:
