@@ -23,7 +23,6 @@ Only pydicom and numpy are needed: no optional extra.
 from __future__ import annotations
 
 import datetime
-import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from medseg import __version__
 from medseg.colours import label_colour
 from medseg.errors import MedsegError
+from medseg.io import dicom_encoding as encode
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_archive import DicomArchive, read_dicom_object
 from medseg.io.dicom_seg import source_datasets
@@ -268,41 +268,18 @@ def _slice_contours(mask: np.ndarray, sources: list[Dataset], refs: list[tuple[s
     items = []
     for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)).tolist():
         to_patient = _pixel_to_patient(sources[z])
-        image = _item(_element(0x0008, 0x1150, _ui(refs[z][0])) + _element(0x0008, 0x1155, _ui(refs[z][1])))
-        image_sequence = _element(0x3006, 0x0016, image)
+        sop_class, sop_instance = (encode.ui(uid) for uid in refs[z])
+        image = encode.item(encode.element(0x0008, 0x1150, sop_class) + encode.element(0x0008, 0x1155, sop_instance))
+        image_sequence = encode.element(0x3006, 0x0016, image)
         for polygon in label_contours(mask[z]):
             points = to_patient(polygon)
             data = "\\".join(["%.4f"] * points.size) % tuple(points.ravel().tolist())
-            items.append(_item(image_sequence
-                               + _element(0x3006, 0x0042, _text("CLOSED_PLANAR"))
-                               + _element(0x3006, 0x0046, _text(str(len(points))))
-                               + _element(0x3006, 0x0048, _text(str(len(items) + 1)))
-                               + _element(0x3006, 0x0050, _text(data))))
+            items.append(encode.item(image_sequence
+                                     + encode.element(0x3006, 0x0042, encode.text("CLOSED_PLANAR"))
+                                     + encode.element(0x3006, 0x0046, encode.text(str(len(points))))
+                                     + encode.element(0x3006, 0x0048, encode.text(str(len(items) + 1)))
+                                     + encode.element(0x3006, 0x0050, encode.text(data))))
     return b"".join(items)
-
-
-# The contour items are encoded here by hand rather than built as pydicom Datasets. A speckled prediction on a
-# 20-slice CT gives about 30,000-50,000 contours, and pydicom's per-Dataset and per-DSfloat overhead made writing
-# those take 30-100 s; the bytes below are the same implicit VR little endian encoding that pydicom writes (and
-# reads back: tests/test_rtstruct.py round-trips them and runs dciodvfy on them).
-
-
-def _element(group: int, element: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", group, element, len(value)) + value
-
-
-def _item(body: bytes) -> bytes:
-    return struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
-
-
-def _ui(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\0" if len(raw) % 2 else raw
-
-
-def _text(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return raw + b" " if len(raw) % 2 else raw
 
 
 def _contour_sequence(encoded_items: bytes) -> RawDataElement:
