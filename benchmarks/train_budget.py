@@ -99,6 +99,8 @@ if __name__ == "__main__":
                         help="none (all training cases, no validation) or K of 5 folds (a validation fold: "
                              "the bundle then has calibration temperatures, for uncertainty_ranking.py)")
     parser.add_argument("--reverse", action="store_true", help="swap split.json's train and test lists")
+    parser.add_argument("--no-measure", action="store_true",
+                        help="keep the planner's table widths (no timing of candidate networks at plan time)")
     args = parser.parse_args()
     root = data_set(args.dataset)
     dataset = discover_dataset(root)
@@ -114,7 +116,8 @@ if __name__ == "__main__":
     config = TrainConfig(seed=args.seed, **length)
     start = time.perf_counter()
     bundle_dir = train(TrainRequest(data=view, run_dir=work / "run", fold=args.fold, cache_root=work / "cache",
-                                    plan_path=plan_path, progress_bar=False, regions_file=args.regions), config)
+                                    plan_path=plan_path, progress_bar=False, regions_file=args.regions,
+                                    measure=not args.no_measure), config)
     train_seconds = time.perf_counter() - start
     train_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB, training and caching
     bundle = load_bundle(bundle_dir)
@@ -134,7 +137,10 @@ if __name__ == "__main__":
         "tta": manifest["tta"],
         "plan": {"dim": bundle.plan.dim, "patch": bundle.plan.patch_size, "batch": bundle.plan.batch_size,
                  "features": bundle.plan.features, "precision": bundle.plan.precision,
-                 "spacing": bundle.plan.target_spacing},
+                 "memory_format": bundle.plan.memory_format, "spacing": bundle.plan.target_spacing,
+                 "measured_seconds": bundle.plan.measurements.get("seconds"),
+                 "measured_choice": bundle.plan.measurements.get("reason")},
+        "trained_precision": bundle.metrics["folds"][args.fold].get("precision"),
     })
     if args.keep:
         shutil.rmtree(args.keep, ignore_errors=True)

@@ -32,6 +32,11 @@ LabelCodesOption = Annotated[Path | None, typer.Option(
     "--label-codes", help="DICOM SEG segment codes: a JSON file of label name -> {category: [code, scheme, meaning], "
                           "type: [...], modifier: [...] (optional)} (see medseg.io.label_codes). At train/plan time "
                           "they are kept in the bundle; at predict time they override the bundle's for this run.")]
+# `--measure/--no-measure` of plan and train (see medseg.train.measure)
+MeasureOption = Annotated[bool, typer.Option(
+    "--measure/--no-measure", help="With a budget: time a few candidate networks on this machine (seconds) and keep "
+                                   "the fastest precision and layout and the widest network that still gets enough "
+                                   "steps; --no-measure keeps the planner's tables.")]
 state = {"debug": False}  # set by --debug, read by main()
 
 

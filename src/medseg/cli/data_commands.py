@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medseg.cli.app import LabelCodesOption, RegionsOption, app, out, parse_dim
+from medseg.cli.app import LabelCodesOption, MeasureOption, RegionsOption, app, out, parse_dim, parse_duration
 from medseg.plan.choices import ModelName
 
 
@@ -119,10 +119,13 @@ def plan(
     model: Annotated[ModelName, typer.Option(help="Network.")] = "unet",
     regions: RegionsOption = None,
     label_codes: LabelCodesOption = None,
+    budget: Annotated[str | None, typer.Option(help="The training budget a fold will have, e.g. 15m: candidate "
+                                                    "networks are timed here and the best for it kept.")] = None,
+    measure: MeasureOption = True,
 ) -> None:
     """Fingerprint a data set and write the plan sized for this machine.
 
-    Example: medseg plan data/Task04_Hippocampus -o plan.json
+    Example: medseg plan data/Task04_Hippocampus -o plan.json --budget 15m
     """
     from medseg.data import check_dataset, discover_dataset
     from medseg.io.label_codes import load_label_codes
@@ -132,8 +135,14 @@ def plan(
     report = check_dataset(discover_dataset(data, regions_file=regions))
     report.raise_if_failed()
     the_plan = make_plan(fingerprint_from_report(report), dim=parse_dim(dim), model=model, label_codes=codes)
+    if budget is not None and measure:
+        from medseg.train.measure import measured_plan
+
+        the_plan = measured_plan(the_plan, parse_duration(budget))
     the_plan.save(output)
     out.print(f"wrote {output}: {the_plan.dim}D {the_plan.model}, patch {the_plan.patch_size}, batch "
               f"{the_plan.batch_size}, widths {the_plan.features}, spacing {the_plan.target_spacing}, "
-              f"precision {the_plan.precision}")
+              f"precision {the_plan.precision}, {the_plan.memory_format}")
+    if the_plan.measurements:
+        out.print(f"measured: {the_plan.measurements['reason']}")
 

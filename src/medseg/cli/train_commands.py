@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from medseg.cli.app import LabelCodesOption, RegionsOption, app, out, parse_dim, parse_duration
+from medseg.cli.app import LabelCodesOption, MeasureOption, RegionsOption, app, out, parse_dim, parse_duration
 from medseg.errors import MedsegError
 from medseg.plan.choices import LossName, ModelName, OptimizerName
 
@@ -43,6 +43,7 @@ def train(
         "--label-map", help="With --init: bundle label value to data label value, e.g. 1:1,2:3; unmapped labels "
                             "get fresh output rows (default: labels of the same name).")] = None,
     label_codes: LabelCodesOption = None,
+    measure: MeasureOption = True,
 ) -> None:
     """Train a model: check, plan, preprocess (cached), train, write RUN/bundle.
 
@@ -64,7 +65,7 @@ def train(
                            loss=loss, optimizer=optimizer, plan_path=plan_file, cache_root=cache,
                            workers=workers or None, progress_bar=not no_progress, regions_file=regions,
                            init=init, label_map=parse_label_map(label_map),
-                           label_codes=load_label_codes(label_codes))
+                           label_codes=load_label_codes(label_codes), measure=measure)
     config = TrainConfig(epochs=epochs, budget_s=parse_duration(budget) if budget else None, seed=seed,
                          patience=patience, deterministic=deterministic, resume=resume)
     bundle = run_training(request, config)

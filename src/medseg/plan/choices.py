@@ -15,11 +15,13 @@ ModelName = Literal["unet", "resunet", "fcn", "resnet_unet"]
 LossName = Literal["dice_ce", "ce", "dice", "focal", "tversky", "dice_bce"]  # dice_bce: region plans only
 OptimizerName = Literal["sgd", "adamw"]
 Precision = Literal["fp32", "bf16"]  # "bf16": autocast where the hardware computes bf16 natively
+MemoryFormat = Literal["contiguous", "channels_last"]  # channels_last: NHWC / NDHWC tensors and weights
 
 MODEL_CHOICES: tuple[str, ...] = get_args(ModelName)
 LOSS_CHOICES: tuple[str, ...] = get_args(LossName)
 OPTIMIZER_CHOICES: tuple[str, ...] = get_args(OptimizerName)
 PRECISION_CHOICES: tuple[str, ...] = get_args(Precision)
+MEMORY_FORMAT_CHOICES: tuple[str, ...] = get_args(MemoryFormat)
 
 
 def check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:

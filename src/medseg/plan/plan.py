@@ -18,10 +18,12 @@ from medseg.io.atomic import write_text_atomic
 from medseg.plan.augment_config import AugmentConfig
 from medseg.plan.choices import (
     LOSS_CHOICES,
+    MEMORY_FORMAT_CHOICES,
     MODEL_CHOICES,
     OPTIMIZER_CHOICES,
     PRECISION_CHOICES,
     LossName,
+    MemoryFormat,
     ModelName,
     OptimizerName,
     Precision,
@@ -80,10 +82,14 @@ class Plan:
     foreground_oversample: float = 0.33
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Precision = "fp32"  # "bf16" autocast where the hardware runs it fast
+    memory_format: MemoryFormat = "contiguous"  # the training layout that measured faster (medseg.train.measure)
     sliding_window_overlap: float = 0.5
     median_shape: list[float] = field(default_factory=list)  # after resampling, array order
     device_kind: str = "cpu"
     notes: list[str] = field(default_factory=list)
+    # what planning timed on the machine that made the plan, and why it chose as it did (medseg.train.measure);
+    # {} for a plan from the tables alone
+    measurements: dict[str, Any] = field(default_factory=dict)
     # region-based classes (medseg.data.regions): one sigmoid output each, trained with dice_bce; [] for softmax
     regions: list[Region] = field(default_factory=list)
     # class value -> the value masks hold on disk, where the declared label values are not 0..K (a 0/255 mask is
@@ -102,7 +108,7 @@ class Plan:
 
     def __post_init__(self) -> None:
         for name, choices in (("model", MODEL_CHOICES), ("loss", LOSS_CHOICES), ("optimizer", OPTIMIZER_CHOICES),
-                              ("precision", PRECISION_CHOICES)):
+                              ("precision", PRECISION_CHOICES), ("memory_format", MEMORY_FORMAT_CHOICES)):
             check_choice(name, getattr(self, name), choices)
         if isinstance(self.augment, dict):  # plan.json's form (an old plan may hold {}: every default)
             self.augment = AugmentConfig.from_dict(self.augment)

@@ -56,10 +56,10 @@ class Machine:
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             return cls("cuda", os.cpu_count() or 1, int(props.total_memory), native_bf16("cuda"))
-        return cls("cpu", os.cpu_count() or 1, _physical_memory(), native_bf16("cpu"))
+        return cls("cpu", os.cpu_count() or 1, physical_memory(), native_bf16("cpu"))
 
 
-def _physical_memory() -> int:
+def physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -89,6 +89,11 @@ BUDGETS = {
     ("cuda", 2): Budget(max_patch_voxels=1024**2, batch_voxels=12 * 512**2, base_features=32, max_features=512,
                         max_stages=8),
 }
+
+
+def max_features_for(kind: str, dim: int) -> int:
+    """The widest layer the planner allows on a ``cpu`` or ``cuda`` machine for a ``dim``-D network."""
+    return BUDGETS[(kind, dim)].max_features
 
 
 def target_spacing(fp: Fingerprint) -> list[float]:

@@ -46,6 +46,7 @@ from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, evaluate_fold,
 from medseg.train.finetune import LR_SCALE, fine_tune_config, fine_tune_plan, init_from_parent
 from medseg.train.hooks import CurveHook, LogHook, ProgressHook
 from medseg.train.loop import TrainConfig, Trainer, is_main_process
+from medseg.train.measure import measured_plan
 
 log = logging.getLogger("medseg.train")
 
@@ -69,14 +70,18 @@ class TrainRequest:
     label_map: dict[int, int] | None = None  # with init: bundle label value -> data label value
     lr_scale: float = LR_SCALE  # with init: the bundle's learning rate times this
     label_codes: LabelCodes | None = None  # DICOM SEG codes kept in the plan (medseg.io.label_codes), over its own
+    measure: bool = True  # with a budget: time candidate networks here and keep the best (medseg.train.measure)
 
 
 def default_cache_root() -> Path:
     return Path.home() / ".cache" / "medseg" / "preprocessed"
 
 
-def prepare_run(request: TrainRequest) -> tuple[Plan, Splits, Path, dict[str, Any]]:
-    """Check the data, plan and preprocess it (rank 0 only under DDP); returns plan, splits, cache and summary."""
+def prepare_run(request: TrainRequest, budget_s: float | None = None) -> tuple[Plan, Splits, Path, dict[str, Any]]:
+    """Check the data, plan and preprocess it (rank 0 only under DDP); returns plan, splits, cache and summary.
+
+    A new plan for a budget of ``budget_s`` seconds (a fold) is measured on this machine (medseg.train.measure)
+    unless ``request.measure`` is off; ``--plan`` and ``--init`` plans are used as they are."""
     run = request.run_dir
     run.mkdir(parents=True, exist_ok=True)
     report = request.check or check_dataset(discover_dataset(request.data, regions_file=request.regions_file),
@@ -97,6 +102,8 @@ def prepare_run(request: TrainRequest) -> tuple[Plan, Splits, Path, dict[str, An
     else:
         plan = make_plan(fingerprint, dim=request.dim, machine=Machine.detect(), model=request.model,
                          loss=request.loss, optimizer=request.optimizer)
+        if budget_s is not None and request.measure:
+            plan = measured_plan(plan, budget_s)
     plan = code_labels(plan, request.label_codes)  # also for --init (new label names) and --plan (old plans)
     plan.save(run / "plan.json")
     splits_path = run / "splits.json"
@@ -124,7 +131,7 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     _init_distributed()
     run = Path(request.run_dir)
     if is_main_process():
-        prepared = prepare_run(request) if not config.resume else _reload_run(request)
+        prepared = prepare_run(request, config.budget_s) if not config.resume else _reload_run(request)
         payload = [str(prepared[2])]
     else:
         payload = [""]
