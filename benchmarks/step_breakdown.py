@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from medseg.augment import BatchAugmenter
 from medseg.cli.app import parse_duration
 from medseg.data import check_dataset, discover_dataset
-from medseg.losses import build_loss
+from medseg.losses import build_plan_loss
 from medseg.models import build_network
 from medseg.plan import Machine, fingerprint_from_report, make_plan
 from medseg.preprocess import load_cached, prepare_cache
@@ -56,7 +56,7 @@ if __name__ == "__main__":
         augmenter = BatchAugmenter(plan.augment, plan.dim, seed=0)
         layout = memory_format_of(plan)
         network = build_network(plan).to(memory_format=layout).train()
-        loss = build_loss(plan.loss, num_classes=plan.num_outputs, regions=[r.values for r in plan.regions] or None)
+        loss = build_plan_loss(plan)
         optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate)
         parts: dict[str, list[float]] = {"patches_s": [], "augment_s": [], "optimise_s": []}
         for step in range(args.steps + 5):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,11 @@ from torch import Tensor, nn
 
 from medseg.errors import MedsegError
 
-__all__ = ["LOSS_NAMES", "SegmentationLoss", "build_loss", "deep_supervision_weights", "downsample_labels",
-           "region_dice_bce", "region_targets"]
+if TYPE_CHECKING:
+    from medseg.plan import Plan
+
+__all__ = ["LOSS_NAMES", "SegmentationLoss", "build_loss", "build_plan_loss", "deep_supervision_weights",
+           "downsample_labels", "region_dice_bce", "region_targets"]
 
 LOSS_NAMES: tuple[str, ...] = ("dice_ce", "ce", "dice", "focal", "tversky", "dice_bce")
 
@@ -201,6 +205,11 @@ class SegmentationLoss(nn.Module):
                 total = term if total is None else total + term
         assert total is not None  # weights are checked to have a positive sum
         return total
+
+
+def build_plan_loss(plan: Plan) -> Callable[[Tensor | list[Tensor], Tensor], Tensor]:
+    """The loss a plan trains with: its ``loss`` over its outputs (one a label value, or one a region)."""
+    return build_loss(plan.loss, num_classes=plan.num_outputs, regions=[r.values for r in plan.regions] or None)
 
 
 def build_loss(

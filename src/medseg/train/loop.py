@@ -25,7 +25,7 @@ from medseg.errors import MedsegError
 from medseg.evaluate import DICE_EMPTY, dice_per_class
 from medseg.infer.outputs import labels_from_logits
 from medseg.infer.sliding import predict_logits
-from medseg.losses import build_loss
+from medseg.losses import build_plan_loss
 from medseg.models import build_network
 from medseg.plan import Plan
 from medseg.preprocess import CachedCase
@@ -98,8 +98,7 @@ class Trainer:
         if dist.is_initialized():
             self.network = nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = self._optimizer()
-        self.loss = build_loss(plan.loss, num_classes=plan.num_outputs,
-                               regions=[r.values for r in plan.regions] or None)
+        self.loss = build_plan_loss(plan)
         self.sampler = PatchSampler(train_cases, plan.patch_size, plan.batch_size, plan.foreground_oversample,
                                     seed=config.seed * 1000 + rank)
         self.augmenter = BatchAugmenter(plan.augment, plan.dim, seed=config.seed * 1000 + rank)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from medseg.errors import MedsegError
-from medseg.losses import build_loss
+from medseg.losses import build_plan_loss
 from medseg.models import build_network
 from medseg.plan import Plan
 from medseg.plan.planner import estimate_training_bytes, max_features_for, physical_memory
@@ -90,7 +90,7 @@ def time_training_step(plan: Plan, device: torch.device, precision: str, memory_
     candidate = replace(plan, precision=precision, memory_format=memory_format)  # type: ignore[arg-type]
     layout = memory_format_of(candidate)
     network = build_network(candidate).to(device).to(memory_format=layout).train()
-    loss = build_loss(plan.loss, num_classes=plan.num_outputs, regions=[r.values for r in plan.regions] or None)
+    loss = build_plan_loss(plan)
     optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size, generator=generator)
