@@ -1,7 +1,7 @@
 """What the process computes on: native bf16, the precision to run a plan in, autocast, and CPU memory tuning.
 
-The lowest layer: it imports nothing from medseg, and torch only inside the functions that need it, so that
-planning (``medseg plan``) can ask whether the CPU computes bf16 without loading torch.
+The lowest layer: it imports nothing from medseg but its error type, and torch only inside the functions that need
+it, so that planning (``medseg plan``) can ask whether the CPU computes bf16 without loading torch.
 
 Memory tuning: glibc returns every large free()d block to the kernel (mmap threshold 128 KiB, trim threshold
 128 KiB), so each training step maps its activation buffers afresh and page-faults them in again. On the 2-core VM
@@ -18,6 +18,8 @@ import ctypes
 import ctypes.util
 import sys
 from typing import TYPE_CHECKING
+
+from medseg.errors import MedsegError
 
 if TYPE_CHECKING:
     import torch
@@ -82,6 +84,42 @@ def native_bf16(device_type: str) -> bool:
 
         return torch.cuda.is_bf16_supported()
     return cpu_has_native_bf16()
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def device_type_of(name: str) -> str:
+    """``cpu`` or ``cuda`` for a ``--device`` choice (``auto``: CUDA when present); refuses clearly what cannot run.
+
+    Imports torch only to ask whether a GPU is there.
+    """
+    if name not in DEVICE_CHOICES:
+        raise MedsegError(f"unknown device {name!r}", "--device", "use auto, cpu or cuda")
+    if name == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if name == "cuda":
+        raise MedsegError("no CUDA GPU is available to this process", "--device", "use --device cpu (or auto)")
+    return "cpu"
+
+
+def resolve_device(name: str, index: int | None = None) -> torch.device:
+    """The torch device for a ``--device`` choice; ``index`` picks the GPU (a DDP process's ``LOCAL_RANK``)."""
+    import torch
+
+    kind = device_type_of(name)
+    return torch.device(kind, index) if kind == "cuda" and index is not None else torch.device(kind)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``: to a GPU through pinned memory without blocking, so the copy overlaps compute."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def runtime_precision(planned: str, device_type: str = "cpu") -> str:

@@ -37,6 +37,9 @@ MeasureOption = Annotated[bool, typer.Option(
     "--measure/--no-measure", help="With a budget: time a few candidate networks on this machine (seconds) and keep "
                                    "the fastest precision and layout and the widest network that still gets enough "
                                    "steps; --no-measure keeps the planner's tables.")]
+# `--device` of plan, train, predict, serve and export (see medseg.runtime.resolve_device)
+DeviceOption = Annotated[str, typer.Option(
+    "--device", help="auto (CUDA when present), cpu or cuda.")]
 state = {"debug": False}  # set by --debug, read by main()
 
 

@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from medseg.cli.app import LabelCodesOption, MeasureOption, RegionsOption, app, out, parse_dim, parse_duration
+from medseg.cli.app import (
+    DeviceOption,
+    LabelCodesOption,
+    MeasureOption,
+    RegionsOption,
+    app,
+    out,
+    parse_dim,
+    parse_duration,
+)
 from medseg.plan.choices import ModelName
 
 
@@ -122,23 +131,26 @@ def plan(
     budget: Annotated[str | None, typer.Option(help="The training budget a fold will have, e.g. 15m: candidate "
                                                     "networks are timed here and the best for it kept.")] = None,
     measure: MeasureOption = True,
+    device: DeviceOption = "auto",
 ) -> None:
-    """Fingerprint a data set and write the plan sized for this machine.
+    """Fingerprint a data set and write the plan sized for this machine (its GPU or CPU, as --device says).
 
     Example: medseg plan data/Task04_Hippocampus -o plan.json --budget 15m
     """
     from medseg.data import check_dataset, discover_dataset
     from medseg.io.label_codes import load_label_codes
-    from medseg.plan import fingerprint_from_report, make_plan
+    from medseg.plan import Machine, fingerprint_from_report, make_plan
 
     codes = load_label_codes(label_codes)
     report = check_dataset(discover_dataset(data, regions_file=regions))
     report.raise_if_failed()
-    the_plan = make_plan(fingerprint_from_report(report), dim=parse_dim(dim), model=model, label_codes=codes)
+    the_plan = make_plan(fingerprint_from_report(report), dim=parse_dim(dim), machine=Machine.detect(device),
+                         model=model, label_codes=codes)
     if budget is not None and measure:
+        from medseg.runtime import resolve_device
         from medseg.train.measure import measured_plan
 
-        the_plan = measured_plan(the_plan, parse_duration(budget))
+        the_plan = measured_plan(the_plan, parse_duration(budget), resolve_device(device))
     the_plan.save(output)
     out.print(f"wrote {output}: {the_plan.dim}D {the_plan.model}, patch {the_plan.patch_size}, batch "
               f"{the_plan.batch_size}, widths {the_plan.features}, spacing {the_plan.target_spacing}, "

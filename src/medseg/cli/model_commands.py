@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medseg.cli.app import LabelCodesOption, app, console, out
+from medseg.cli.app import DeviceOption, LabelCodesOption, app, console, out
 
 
 @app.command()
@@ -40,7 +40,7 @@ def predict(
                                                       "series).")] = "same",
     label_codes: LabelCodesOption = None,
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (needs `medseg export BUNDLE` first).")] = "torch",
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Skip cases already complete in the output folder (after "
                                                            "a crash or a kill), predict the rest.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
@@ -108,6 +108,7 @@ def export(
     check: Annotated[bool, typer.Option("--check/--no-check", help="Compare ONNX with torch logits.")] = True,
     sample: Annotated[Path | None, typer.Option(help="Image to run the parity check on (default: random data).")]
     = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Export each fold's network to ONNX (dynamic batch and spatial axes) and check it against torch.
 
@@ -118,7 +119,7 @@ def export(
     from medseg.export.onnx import export_onnx, parity_check
 
     loaded = load_bundle(bundle)
-    paths = export_onnx(loaded, onnx, folds=fold or None)
+    paths = export_onnx(loaded, onnx, folds=fold or None, device=device)
     for name, path in paths.items():
         out.print(f"fold {name}: wrote {path}", markup=False, highlight=False, soft_wrap=True)
     if check:
@@ -128,7 +129,7 @@ def export(
             from medseg.preprocess import preprocess_image
 
             data = preprocess_image(read_image(sample), loaded.plan)[0]
-        for result in parity_check(loaded, paths, data):
+        for result in parity_check(loaded, paths, data, device=device):
             out.print(f"parity {result.line()}", markup=False, highlight=False)
 
 
@@ -140,7 +141,7 @@ def serve(
     token_file: Annotated[Path | None, typer.Option(help="File holding the API token (else MEDSEG_API_TOKEN).")]
     = None,
     backend: Annotated[str, typer.Option(help="torch, or onnxruntime (after `medseg export`).")] = "torch",
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu or cuda.")] = "auto",
+    device: DeviceOption = "auto",
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted (413 beyond).")] = 256,
     timeout: Annotated[float, typer.Option(help="Seconds one case may take (504 beyond).")] = 300,
     concurrency: Annotated[int, typer.Option(help="Cases segmented at once.")] = 1,

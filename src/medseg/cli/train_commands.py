@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from medseg.cli.app import LabelCodesOption, MeasureOption, RegionsOption, app, out, parse_dim, parse_duration
+from medseg.cli.app import (
+    DeviceOption,
+    LabelCodesOption,
+    MeasureOption,
+    RegionsOption,
+    app,
+    out,
+    parse_dim,
+    parse_duration,
+)
 from medseg.errors import MedsegError
 from medseg.plan.choices import LossName, ModelName, OptimizerName
 
@@ -44,6 +53,7 @@ def train(
                             "get fresh output rows (default: labels of the same name).")] = None,
     label_codes: LabelCodesOption = None,
     measure: MeasureOption = True,
+    device: DeviceOption = "auto",
 ) -> None:
     """Train a model: check, plan, preprocess (cached), train, write RUN/bundle.
 
@@ -67,7 +77,7 @@ def train(
                            init=init, label_map=parse_label_map(label_map),
                            label_codes=load_label_codes(label_codes), measure=measure)
     config = TrainConfig(epochs=epochs, budget_s=parse_duration(budget) if budget else None, seed=seed,
-                         patience=patience, deterministic=deterministic, resume=resume)
+                         patience=patience, deterministic=deterministic, resume=resume, device=device)
     bundle = run_training(request, config)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         metrics = json.loads((bundle / METRICS_FILE).read_text())

@@ -27,6 +27,7 @@ from medseg.errors import MedsegError
 from medseg.infer.backend import OnnxModule, bundle_onnx_path
 from medseg.infer.sliding import predict_logits
 from medseg.io.atomic import atomic_path
+from medseg.runtime import resolve_device
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -49,11 +50,12 @@ def onnx_paths(bundle: Bundle, out: str | Path | None = None, folds: Sequence[st
 
 def export_model(model: nn.Module, channels: int, spatial: Sequence[int], path: str | Path,
                  opset: int = OPSET) -> Path:
-    """Trace ``model`` in eval mode on a zero input ``(1, channels, *spatial)`` and write ONNX atomically."""
+    """Trace ``model`` in eval mode on a zero input ``(1, channels, *spatial)`` on the model's device and write
+    ONNX atomically (the file is the same graph whichever device traced it)."""
     model = model.eval()
     dim = len(spatial)
     axes = {0: "batch"} | {2 + i: name for i, name in enumerate(SPATIAL_AXIS_NAMES[-dim:])}
-    example = torch.zeros(1, channels, *spatial)
+    example = torch.zeros(1, channels, *spatial, device=next(model.parameters()).device)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation note and tracer notes on shape checks
         torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
@@ -63,8 +65,9 @@ def export_model(model: nn.Module, channels: int, spatial: Sequence[int], path: 
 
 
 def export_onnx(bundle: Bundle, out: str | Path | None = None, folds: Sequence[str] | None = None,
-                opset: int = OPSET) -> dict[str, Path]:
-    """Export every fold (or ``folds``) of ``bundle``; returns fold -> file written."""
+                opset: int = OPSET, device: str = "auto") -> dict[str, Path]:
+    """Export every fold (or ``folds``) of ``bundle``, traced on ``device`` (``--device``); returns fold -> file."""
+    target = resolve_device(device)
     wanted = list(folds or bundle.folds)
     missing = [f for f in wanted if f not in bundle.folds]
     if missing:
@@ -72,7 +75,7 @@ def export_onnx(bundle: Bundle, out: str | Path | None = None, folds: Sequence[s
                           "choose folds the bundle holds")
     paths = onnx_paths(bundle, out, wanted)
     for fold, model in zip(wanted, bundle.load_models(wanted)):
-        export_model(model, bundle.plan.channels, bundle.plan.patch_size, paths[fold], opset)
+        export_model(model.to(target), bundle.plan.channels, bundle.plan.patch_size, paths[fold], opset)
     return paths
 
 
@@ -95,8 +98,9 @@ class Parity:
 
 
 def parity_check(bundle: Bundle, paths: dict[str, Path], data: np.ndarray | torch.Tensor | None = None,
-                 min_agreement: float = 0.999) -> list[Parity]:
-    """Run torch and onnxruntime on one preprocessed case ``(C, *spatial)`` (sliding window, no TTA) per fold.
+                 min_agreement: float = 0.999, device: str = "auto") -> list[Parity]:
+    """Run torch (fp32 on ``device``) and onnxruntime (its CUDA provider where installed, else the CPU) on one
+    preprocessed case ``(C, *spatial)`` (sliding window, no TTA) per fold.
 
     Without ``data`` a random normal case of 1.5 patches a side is used. Raises :class:`MedsegError` when the
     argmax labels agree on fewer than ``min_agreement`` of the voxels.
@@ -109,8 +113,9 @@ def parity_check(bundle: Bundle, paths: dict[str, Path], data: np.ndarray | torc
     tensor = torch.as_tensor(data, dtype=torch.float32)
     folds = list(paths)
     results = []
+    target = resolve_device(device)
     for fold, model in zip(folds, bundle.load_models(folds)):
-        reference = predict_logits(model, tensor, plan.patch_size, overlap=plan.sliding_window_overlap)
+        reference = predict_logits(model.to(target), tensor, plan.patch_size, overlap=plan.sliding_window_overlap)
         session = OnnxModule(paths[fold])
         got = predict_logits(session, tensor, plan.patch_size, overlap=plan.sliding_window_overlap)
         agreement = float((reference.argmax(0) == got.argmax(0)).float().mean())

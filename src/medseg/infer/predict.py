@@ -34,7 +34,7 @@ from medseg.io import Image
 from medseg.postprocess import PostprocessConfig, apply_postprocessing, apply_thresholds, load_postprocessing
 from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, measure_components
 from medseg.preprocess import preprocess_image
-from medseg.runtime import keep_freed_memory, release_freed_memory, runtime_precision
+from medseg.runtime import keep_freed_memory, release_freed_memory, resolve_device, runtime_precision
 
 
 @dataclass
@@ -168,17 +168,6 @@ class Predictor:
                                                self.options.max_components)
         result.seconds = time.perf_counter() - start
         return result
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when present, else the CPU; ``cuda`` without a GPU is refused clearly."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise MedsegError(f"unknown device {name!r}", "--device", "use auto, cpu or cuda")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("no CUDA GPU is available to this process", "--device", "use --device cpu (or auto)")
-    return torch.device(name)
 
 
 def check_finite(image: Image, source: str | Path | None = None) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.runtime import autocast_context
+from medseg.runtime import autocast_context, to_device
 
 SIGMA_SCALE = 0.125  # Gaussian sigma as a fraction of the patch size (nnU-Net and MONAI both use 1/8)
 
@@ -108,7 +108,7 @@ def predict_logits(
     """Logits ``(K, *S)`` for one preprocessed case ``(C, *S)``; mirror TTA averages over flipped copies."""
     model.eval()
     device = next(model.parameters()).device
-    batch = data[None].pin_memory().to(device, non_blocking=True) if device.type == "cuda" else data[None].to(device)
+    batch = to_device(data[None], device)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with autocast_context(device, precision):

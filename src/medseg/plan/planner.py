@@ -21,7 +21,7 @@ from medseg.plan.augment_config import AugmentConfig
 from medseg.plan.choices import LossName, ModelName, OptimizerName
 from medseg.plan.fingerprint import Fingerprint
 from medseg.plan.plan import ChannelNorm, Plan
-from medseg.runtime import native_bf16
+from medseg.runtime import device_type_of, native_bf16
 
 ANISOTROPY_RATIO = 3.0
 # Coarsening (CPU only): the median image is brought down towards COARSE_FIT voxels, but every label keeps at
@@ -49,11 +49,14 @@ class Machine:
     bf16: bool
 
     @classmethod
-    def detect(cls) -> Machine:
-        """This machine; imports torch (seconds) only to ask whether a GPU is there."""
-        import torch
+    def detect(cls, device: str = "auto") -> Machine:
+        """This machine's ``device`` (``auto``: its GPU when present, else the CPU, as ``--device`` says).
 
-        if torch.cuda.is_available():
+        Imports torch (seconds) only to ask whether a GPU is there; ``cpu`` asks nothing.
+        """
+        if device_type_of(device) == "cuda":
+            import torch
+
             props = torch.cuda.get_device_properties(0)
             return cls("cuda", os.cpu_count() or 1, int(props.total_memory), native_bf16("cuda"))
         return cls("cpu", os.cpu_count() or 1, physical_memory(), native_bf16("cpu"))

@@ -41,6 +41,7 @@ from medseg.plan import (
 )
 from medseg.postprocess import save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
+from medseg.runtime import device_type_of, resolve_device
 from medseg.train.calibrate import CalibrationSample, fit_calibration
 from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, evaluate_fold, measure_tta
 from medseg.train.finetune import LR_SCALE, fine_tune_config, fine_tune_plan, init_from_parent
@@ -77,11 +78,13 @@ def default_cache_root() -> Path:
     return Path.home() / ".cache" / "medseg" / "preprocessed"
 
 
-def prepare_run(request: TrainRequest, budget_s: float | None = None) -> tuple[Plan, Splits, Path, dict[str, Any]]:
+def prepare_run(request: TrainRequest, budget_s: float | None = None,
+                device: str = "auto") -> tuple[Plan, Splits, Path, dict[str, Any]]:
     """Check the data, plan and preprocess it (rank 0 only under DDP); returns plan, splits, cache and summary.
 
-    A new plan for a budget of ``budget_s`` seconds (a fold) is measured on this machine (medseg.train.measure)
-    unless ``request.measure`` is off; ``--plan`` and ``--init`` plans are used as they are."""
+    A new plan is made for ``device`` (``--device``) and, for a budget of ``budget_s`` seconds (a fold), measured
+    there (medseg.train.measure) unless ``request.measure`` is off; ``--plan`` and ``--init`` plans are used as
+    they are."""
     run = request.run_dir
     run.mkdir(parents=True, exist_ok=True)
     report = request.check or check_dataset(discover_dataset(request.data, regions_file=request.regions_file),
@@ -100,10 +103,10 @@ def prepare_run(request: TrainRequest, budget_s: float | None = None) -> tuple[P
     elif request.plan_path:
         plan = Plan.load(request.plan_path)
     else:
-        plan = make_plan(fingerprint, dim=request.dim, machine=Machine.detect(), model=request.model,
+        plan = make_plan(fingerprint, dim=request.dim, machine=Machine.detect(device), model=request.model,
                          loss=request.loss, optimizer=request.optimizer)
         if budget_s is not None and request.measure:
-            plan = measured_plan(plan, budget_s)
+            plan = measured_plan(plan, budget_s, resolve_device(device))
     plan = code_labels(plan, request.label_codes)  # also for --init (new label names) and --plan (old plans)
     plan.save(run / "plan.json")
     splits_path = run / "splits.json"
@@ -116,11 +119,11 @@ def prepare_run(request: TrainRequest, budget_s: float | None = None) -> tuple[P
     return plan, splits, cache, report.summary()
 
 
-def _init_distributed() -> None:
+def _init_distributed(device: str) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=60))
-        if torch.cuda.is_available():
+        on_gpu = device_type_of(device) == "cuda"
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(minutes=60))
+        if on_gpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.get_world_size()))
@@ -128,10 +131,12 @@ def _init_distributed() -> None:
 
 def train(request: TrainRequest, config: TrainConfig) -> Path:
     """Train the requested fold(s) and write ``run_dir/bundle``; returns the bundle folder."""
-    _init_distributed()
+    device_type_of(config.device)  # an impossible --device is refused before any work
+    _init_distributed(config.device)
     run = Path(request.run_dir)
     if is_main_process():
-        prepared = prepare_run(request, config.budget_s) if not config.resume else _reload_run(request)
+        prepared = prepare_run(request, config.budget_s, config.device) if not config.resume \
+            else _reload_run(request)
         payload = [str(prepared[2])]
     else:
         payload = [""]

@@ -29,7 +29,7 @@ from medseg.losses import build_plan_loss
 from medseg.models import build_network
 from medseg.plan import Plan
 from medseg.preprocess import CachedCase
-from medseg.runtime import keep_freed_memory, runtime_precision
+from medseg.runtime import keep_freed_memory, resolve_device, runtime_precision, to_device
 from medseg.train.calibrate import CalibrationSample, sample_case
 from medseg.train.checkpoint import load_state, load_weights, save_state, save_weights
 from medseg.train.hooks import Hook
@@ -57,6 +57,7 @@ class TrainConfig:
     resume: bool = False
     threads: int | None = None
     steps_per_epoch: int | None = None  # default: one pass over the training cases, at most MAX_EPOCH_STEPS
+    device: str = "auto"  # auto (CUDA when present), cpu or cuda: medseg.runtime.resolve_device
 
 
 @dataclass
@@ -88,8 +89,8 @@ class Trainer:
         torch.manual_seed(config.seed + rank)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() \
-            else torch.device("cpu")
+        # under torchrun each process takes the GPU of its LOCAL_RANK (PyTorch's launch contract)
+        self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.precision = runtime_precision(plan.precision, self.device.type)
         # the layout planning measured faster (medseg.train.measure; contiguous for a plan from the tables)
         self.layout = memory_format_of(plan)
@@ -163,8 +164,8 @@ class Trainer:
         images, labels = self.sampler.next_batch()
         with torch.no_grad():
             images, labels = self.augmenter(images, labels)
-        images = images.to(self.device).contiguous(memory_format=self.layout)
-        labels = labels.to(self.device)
+        images, labels = to_device(images, self.device), to_device(labels, self.device)
+        images = images.contiguous(memory_format=self.layout)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self._step_progress if dist.is_initialized() else self.progress())
         loss = optimisation_step(self.network, self.loss, self.optimizer, images, labels, self.device, self.precision,

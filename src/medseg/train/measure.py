@@ -35,7 +35,7 @@ from medseg.losses import build_plan_loss
 from medseg.models import build_network
 from medseg.plan import Plan
 from medseg.plan.planner import estimate_training_bytes, max_features_for, physical_memory
-from medseg.runtime import autocast_context, native_bf16
+from medseg.runtime import autocast_context, native_bf16, to_device
 
 MIN_STEPS = 1500
 TRAIN_SHARE = 0.85  # of a budget, spent in steps: validations, checkpoints and the final validation take the rest
@@ -94,9 +94,9 @@ def time_training_step(plan: Plan, device: torch.device, precision: str, memory_
     optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size, generator=generator)
-    images = images.to(device).contiguous(memory_format=layout)
+    images = to_device(images, device).contiguous(memory_format=layout)
     labels = torch.randint(0, plan.num_classes, (plan.batch_size, 1, *plan.patch_size), generator=generator)
-    labels = labels.to(device)
+    labels = to_device(labels, device)
     times: list[float] = []
     start = time.perf_counter()
     for step in range(WARMUP_STEPS + MAX_TIMED_STEPS):
