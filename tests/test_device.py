@@ -95,3 +95,21 @@ def test_cli_plan_train_and_export_take_device(tmp_path, no_gpu):
     with pytest.raises(MedsegError, match="no CUDA GPU"):
         run_cli("export", str(bundle), "--onnx", str(tmp_path / "gpu.onnx"), "--device", "cuda")
     assert not (tmp_path / "gpu.onnx").exists()
+
+
+def test_a_compiled_network_trains_the_same_weights_as_eager(tmp_path):
+    """``--compile`` changes how the step runs, not what it computes; the bundle's weights keep their names."""
+    data = make_2d_dataset(tmp_path / "data", cases=3)
+    request = TrainRequest(data=data, run_dir=tmp_path / "run", plan_path=tiny_plan(data, tmp_path / "plan.json"),
+                           cache_root=tmp_path / "cache", workers=1, progress_bar=False, folds=3)
+    plan, splits, cache, _ = prepare_run(request, device="cpu")
+    cases = [load_cached(cache, c) for c in splits.folds[0].train]
+    trained = {}
+    for compiled in (False, True):
+        trainer = Trainer(plan, cases, [], tmp_path / f"fold_{compiled}", TrainConfig(epochs=1, compile=compiled))
+        losses = [trainer.train_step() for _ in range(3)]
+        trained[compiled] = (losses, trainer.model.state_dict())
+    assert trained[True][0] == pytest.approx(trained[False][0], rel=1e-3)
+    assert trained[True][1].keys() == trained[False][1].keys()
+    for name, value in trained[False][1].items():
+        torch.testing.assert_close(trained[True][1][name], value, atol=1e-3, rtol=1e-3, msg=name)

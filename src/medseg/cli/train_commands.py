@@ -54,6 +54,9 @@ def train(
     label_codes: LabelCodesOption = None,
     measure: MeasureOption = True,
     device: DeviceOption = "auto",
+    compile_network: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the network: steps about 10% faster on a 2-core AMX CPU, after about a "
+                          "minute of compiling the first time (cached after).")] = False,
 ) -> None:
     """Train a model: check, plan, preprocess (cached), train, write RUN/bundle.
 
@@ -77,7 +80,8 @@ def train(
                            init=init, label_map=parse_label_map(label_map),
                            label_codes=load_label_codes(label_codes), measure=measure)
     config = TrainConfig(epochs=epochs, budget_s=parse_duration(budget) if budget else None, seed=seed,
-                         patience=patience, deterministic=deterministic, resume=resume, device=device)
+                         patience=patience, deterministic=deterministic, resume=resume, device=device,
+                         compile=compile_network)
     bundle = run_training(request, config)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         metrics = json.loads((bundle / METRICS_FILE).read_text())
