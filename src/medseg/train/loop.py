@@ -33,7 +33,7 @@ from medseg.runtime import keep_freed_memory, resolve_device, runtime_precision,
 from medseg.train.calibrate import CalibrationSample, sample_case
 from medseg.train.checkpoint import load_state, load_weights, save_state, save_weights
 from medseg.train.hooks import Hook
-from medseg.train.measure import memory_format_of, optimisation_step
+from medseg.train.measure import build_optimizer, memory_format_of, optimisation_step
 from medseg.train.sampler import PatchSampler
 
 POLY_EXPONENT = 0.9
@@ -103,7 +103,7 @@ class Trainer:
             self.network = nn.parallel.DistributedDataParallel(self.model)
         if config.compile:  # the weights stay those of self.model: checkpoints and bundles keep their names
             self.network = torch.compile(self.network)  # type: ignore[assignment]
-        self.optimizer = self._optimizer()
+        self.optimizer = build_optimizer(plan, self.model)
         self.loss = build_plan_loss(plan)
         self.sampler = PatchSampler(train_cases, plan.patch_size, plan.batch_size, plan.foreground_oversample,
                                     seed=config.seed * 1000 + rank)
@@ -123,14 +123,6 @@ class Trainer:
         self._step_progress = 0.0
 
     # ---- set-up -----------------------------------------------------------------------------------------
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        """SGD or AdamW: ``Plan`` has checked that the name is one of its ``OptimizerName`` choices."""
-        params = self.model.parameters()
-        if self.plan.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.plan.learning_rate, momentum=0.99, nesterov=True,
-                                   weight_decay=self.plan.weight_decay)
-        return torch.optim.AdamW(params, lr=self.plan.learning_rate, weight_decay=self.plan.weight_decay)
 
     def validation_count(self) -> int:
         """Intermediate validations: as asked, else 10 for --epochs and one per 2.5 minutes of a budget (max 10).

@@ -85,13 +85,23 @@ def optimisation_step(network: nn.Module, loss: nn.Module, optimizer: torch.opti
     return value.detach()
 
 
+def build_optimizer(plan: Plan, network: nn.Module) -> torch.optim.Optimizer:
+    """The plan's optimiser for ``network``: SGD (Nesterov, momentum 0.99, nnU-Net's) or AdamW; ``Plan`` has
+    checked that the name is one of its ``OptimizerName`` choices. Shared by the trainer and the step timer."""
+    params = network.parameters()
+    if plan.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=plan.learning_rate, momentum=0.99, nesterov=True,
+                               weight_decay=plan.weight_decay)
+    return torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=plan.weight_decay)
+
+
 def time_training_step(plan: Plan, device: torch.device, precision: str, memory_format: str) -> StepTiming:
     """Median seconds of a training step of ``plan``'s network, on random data of its patch and batch."""
     candidate = replace(plan, precision=precision, memory_format=memory_format)  # type: ignore[arg-type]
     layout = memory_format_of(candidate)
     network = build_network(candidate).to(device).to(memory_format=layout).train()
     loss = build_plan_loss(plan)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate)
+    optimizer = build_optimizer(plan, network)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size, generator=generator)
     images = to_device(images, device).contiguous(memory_format=layout)
