@@ -23,6 +23,8 @@ from _common import RESULTS_LOG, cpu_flags, emit
 
 HERE = Path(__file__).resolve().parent
 FIGURES = HERE / "figures"
+# published figures drawn as a dashed line: nnU-Net's cross-validated Dice on the full Decathlon task
+REFERENCE = {"msd_hippocampus": (0.895, "nnU-Net, 1000 epochs on a GPU (published)")}
 
 
 def run_budget(dataset: str, budget: str, regions: str | None) -> dict:
@@ -72,6 +74,9 @@ def plot(dataset: str, curves: dict[str, list[tuple[float, float, str]]]) -> Pat
     for name, points in curves.items():
         xs, ys = [p[0] for p in points], [p[1] for p in points]
         axes.plot(xs, ys, marker="o", label=name)
+    if dataset in REFERENCE:
+        value, label = REFERENCE[dataset]
+        axes.axhline(value, linestyle="--", color="grey", linewidth=1, label=label)
     flags = cpu_flags()
     axes.set(xlabel="training wall-clock minutes (2 CPU cores)", ylabel="mean test Dice (foreground classes)",
              title=f"{dataset}: test Dice against training time", ylim=(0, 1), xscale="log")

@@ -97,8 +97,9 @@ if __name__ == "__main__":
     class BudgetTrainer(nnUNetTrainer):
         """nnU-Net's trainer, scored on the test list whenever training time passes one of ``checkpoints``."""
 
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, **kw)
+        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                     device: torch.device = torch.device("cpu")) -> None:  # nnU-Net reads these names back
+            super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_iterations_per_epoch = ITERATIONS_PER_EPOCH
             self.num_val_iterations_per_epoch = VAL_ITERATIONS_PER_EPOCH
             self.trained_s, self.tick = 0.0, None
@@ -140,7 +141,7 @@ if __name__ == "__main__":
             self.network.train()
             self.set_deep_supervision_enabled(True)
 
-    plans = json.loads(plans_file.read_text())
+    plans = json.loads(plans_file.read_text()) | {"continue_training": False}  # as run_training.py passes it
     dataset_json = json.loads((args.work / "preprocessed" / DATASET / "dataset.json").read_text())
     trainer = BudgetTrainer(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
     with contextlib.suppress(BudgetDone):
