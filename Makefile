@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # and SciPy's sources afresh: minutes per process on a loaded 2-core machine. Modules are compiled on first import.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench bench-curves clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/medseg demo
+
+bench-curves: $(STAMP)  # about 75 minutes: medseg at 2, 5 and 15 minutes, the peers in their pinned venv, one chart
+	cd benchmarks && ../$(BIN)/python time_to_dice.py --dataset msd_hippocampus --budgets 2m,5m,15m
+	bash benchmarks/peers/setup.sh
+	benchmarks/peers/.venv/bin/python benchmarks/peers/monai_dynunet.py --minutes 2,5,15
+	benchmarks/peers/.venv/bin/python benchmarks/peers/nnunet_budget.py --minutes 2,5
+	cd benchmarks && ../$(BIN)/python time_to_dice.py --plot-only
 
 bench: $(STAMP)  # about 60-90 minutes on a 2-core CPU; each script prints one JSON line (see benchmarks/results.md)
 	cd benchmarks && ../$(BIN)/python check_speed.py

@@ -53,10 +53,14 @@ def curve_points(dataset: str) -> dict[str, list[tuple[float, float, str]]]:
             continue
         if row["benchmark"] == f"train_{dataset}" and str(row.get("budget", "")).endswith(("s", "m", "h")) \
                 and not row.get("plan_changes") and not row.get("seed"):
-            key = ("medseg", minutes(row["budget"]))
+            plan = row.get("plan", {})
+            tabled = "measured_seconds" in plan and plan["measured_seconds"] is None  # a --no-measure run
+            key = ("medseg, table plan (--no-measure)" if tabled else "medseg", minutes(row["budget"]))
             latest[key] = (row["mean_dice"], row.get("plan", {}).get("precision", ""))
         elif row["benchmark"] == f"peer_{dataset}":
-            latest[(row["peer"], row["train_minutes"])] = (row["mean_dice"], row.get("precision", "fp32"))
+            # drawn where it was scored: nnU-Net reads the clock once an epoch, past the mark asked for
+            at = round(row["train_seconds"] / 60, 2)
+            latest[(row["peer"], at)] = (row["mean_dice"], row.get("precision", "fp32"))
     curves: dict[str, list[tuple[float, float, str]]] = {}
     for (name, at), (dice, precision) in sorted(latest.items()):
         curves.setdefault(name, []).append((at, dice, precision))
@@ -80,7 +84,8 @@ def plot(dataset: str, curves: dict[str, list[tuple[float, float, str]]]) -> Pat
     flags = cpu_flags()
     axes.set(xlabel="training wall-clock minutes (2 CPU cores)", ylabel="mean test Dice (foreground classes)",
              title=f"{dataset}: test Dice against training time", ylim=(0, 1), xscale="log")
-    axes.set_xticks(sorted({p[0] for points in curves.values() for p in points}))
+    longest = max((p[0] for points in curves.values() for p in points), default=30)
+    axes.set_xticks([t for t in (1, 2, 5, 15, 30, 60) if t <= longest * 1.1])
     axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     axes.grid(alpha=0.3)
     axes.legend(title=f"{flags['model']}, {'AMX' if 'amx_bf16' in flags['flags'] else 'no AMX'}", fontsize=8)

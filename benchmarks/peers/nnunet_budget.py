@@ -121,7 +121,8 @@ if __name__ == "__main__":
             self.network.eval()
             predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, device=self.device,
                                         allow_tqdm=False)
-            predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
+            predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager,
+                                            [self.network.state_dict()],
                                             self.dataset_json, "nnUNetTrainer", self.inference_allowed_mirroring_axes)
             scores = []
             for (image, properties), truth in test:
@@ -131,7 +132,8 @@ if __name__ == "__main__":
             iterations = self.current_epoch * ITERATIONS_PER_EPOCH
             emit("peer_msd_hippocampus", {
                 "peer": "nnunet-3d_fullres", "nnunetv2": nnunetv2.__version__ if hasattr(nnunetv2, "__version__")
-                else "2.8.1", "precision": "fp32", "train_minutes": round(minutes, 2),
+                else "2.8.1", "precision": "fp32", "mark_minutes": round(minutes, 2),
+                "train_minutes": round(self.trained_s / 60, 2),
                 "train_seconds": round(self.trained_s, 1), "iterations": iterations,
                 "seconds_per_iteration": round(self.trained_s / max(1, iterations), 2),
                 "patch": list(self.configuration_manager.patch_size), "batch": self.configuration_manager.batch_size,
