@@ -24,7 +24,7 @@ from medseg.losses import build_plan_loss
 from medseg.models import build_network
 from medseg.plan import fingerprint_from_report, make_plan
 from medseg.runtime import keep_freed_memory, runtime_precision
-from medseg.train.measure import optimisation_step, wider
+from medseg.train.measure import build_optimizer, optimisation_step, random_batch, wider
 
 FIRST_STEPS = 3  # compiled: forward and backward graphs are built over the first steps
 ROUND_STEPS = 5  # eager and compiled steps alternate in rounds of this many, so both see the same machine
@@ -36,10 +36,8 @@ class Stepper:
     def __init__(self, network, plan, precision: str) -> None:
         self.network, self.precision = network, precision
         self.loss = build_plan_loss(plan)
-        self.optimizer = torch.optim.AdamW(network.parameters(), lr=plan.learning_rate)
-        generator = torch.Generator().manual_seed(0)
-        self.images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size, generator=generator)
-        self.labels = torch.randint(0, plan.num_classes, (plan.batch_size, 1, *plan.patch_size), generator=generator)
+        self.optimizer = build_optimizer(plan, network)
+        self.images, self.labels = random_batch(plan, torch.device("cpu"))
 
     def times(self, steps: int) -> list[float]:
         result = []

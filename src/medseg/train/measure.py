@@ -95,6 +95,14 @@ def build_optimizer(plan: Plan, network: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=plan.learning_rate, weight_decay=plan.weight_decay)
 
 
+def random_batch(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and labels of the plan's batch and patch on ``device`` (seeded): what a timed step trains on."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size, generator=generator)
+    labels = torch.randint(0, plan.num_classes, (plan.batch_size, 1, *plan.patch_size), generator=generator)
+    return to_device(images, device), to_device(labels, device)
+
+
 def time_training_step(plan: Plan, device: torch.device, precision: str, memory_format: str) -> StepTiming:
     """Median seconds of a training step of ``plan``'s network, on random data of its patch and batch."""
     candidate = replace(plan, precision=precision, memory_format=memory_format)  # type: ignore[arg-type]
@@ -102,11 +110,8 @@ def time_training_step(plan: Plan, device: torch.device, precision: str, memory_
     network = build_network(candidate).to(device).to(memory_format=layout).train()
     loss = build_plan_loss(plan)
     optimizer = build_optimizer(plan, network)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size, generator=generator)
-    images = to_device(images, device).contiguous(memory_format=layout)
-    labels = torch.randint(0, plan.num_classes, (plan.batch_size, 1, *plan.patch_size), generator=generator)
-    labels = to_device(labels, device)
+    images, labels = random_batch(plan, device)
+    images = images.contiguous(memory_format=layout)
     times: list[float] = []
     start = time.perf_counter()
     for step in range(WARMUP_STEPS + MAX_TIMED_STEPS):
