@@ -257,3 +257,33 @@ def test_planning_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_zero_background_mri_is_normalised_inside_the_nonzero_voxels(tmp_path):
+    """nnU-Net's use_mask_for_norm: a skull-stripped scan's zeros are background, not tissue."""
+    from medseg.io import Image, write_image
+    from medseg.preprocess import normalize
+
+    root = make_3d_dataset(tmp_path / "ds", cases=3, shape=(16, 24, 24))
+    assert not make_plan(fingerprint(root), machine=CPU).normalization[0].nonzero_mask  # signal everywhere
+    for path in sorted((root / "imagesTr").iterdir()):  # keep a 10x12x12 "brain" and zero the rest
+        image = Image.from_array(np.zeros((1, 16, 24, 24), np.float32), spacing=(1.0, 1.0, 1.5))
+        image.array[0, 3:13, 6:18, 6:18] = 300 + np.random.default_rng(0).normal(0, 50, (10, 12, 12))
+        write_image(image, path)
+    norm = make_plan(fingerprint(root), machine=CPU).normalization[0]
+    assert norm.scheme == "zscore" and norm.nonzero_mask
+
+    data = np.zeros((1, 16, 24, 24), np.float32)
+    data[0, 3:13, 6:18, 6:18] = np.random.default_rng(1).normal(300, 50, (10, 12, 12))
+    out = normalize(data, [norm])[0]
+    inside = data[0] != 0
+    assert abs(out[inside].mean()) < 1e-4 and abs(out[inside].std() - 1) < 1e-4
+    assert np.all(out[~inside] == 0)
+    unmasked = normalize(data, [dataclasses.replace(norm, nonzero_mask=False)])[0]
+    assert unmasked[~inside].mean() < -0.4  # over the whole box the background would be tissue far below mean
+
+
+def test_real_brats_plan_normalises_inside_the_brain():
+    root = shared("brats_2ch")
+    plan = make_plan(fingerprint(root, workers=None), machine=CPU)
+    assert [(n.scheme, n.nonzero_mask) for n in plan.normalization] == [("zscore", True), ("zscore", True)]

@@ -6,6 +6,7 @@ counts) are the raw material of the plan's fingerprint, so a data set is read on
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +41,7 @@ class CaseStats:
     foreground_sample: list[list[float]] = field(default_factory=list)  # per channel
     label_boundary: dict[int, int] = field(default_factory=dict)  # voxels with a face neighbour of another label
     label_centroid: dict[int, list[float]] = field(default_factory=dict)  # per axis, as a fraction of the extent
+    content_box_fraction: float = 1.0  # share of the image inside the box of its content (see content_mask)
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -128,8 +130,48 @@ def analyse_case(case: Case, declared_labels: tuple[int, ...],
         foreground_sample=_foreground_sample(image, label_array),
         label_boundary=label_boundary,
         label_centroid=label_centroid,
+        content_box_fraction=content_box_fraction(image.array),
     )
     return stats, problems
+
+
+def background_values(data: np.ndarray) -> list[float]:
+    """Per channel, the value of the background: the corners' value where every corner of the channel has the
+    same one (a scan z-scored inside the brain and stored with a constant outside, as BraTS preprocessed sets
+    are), otherwise 0 (nnU-Net's non-zero rule)."""
+    corners = [tuple(c) for c in itertools.product((0, -1), repeat=data.ndim - 1)]
+    values = []
+    for channel in data:
+        ends = {float(channel[c]) for c in corners}
+        value = ends.pop() if len(ends) == 1 else 0.0
+        values.append(value if np.isfinite(value) else 0.0)
+    return values
+
+
+def content_mask(data: np.ndarray) -> np.ndarray:
+    """Voxels that differ from the background (:func:`background_values`) in any channel."""
+    mask = np.zeros(data.shape[1:], dtype=bool)
+    for channel, value in zip(data, background_values(data)):
+        mask |= channel != value
+    return mask
+
+
+def mask_bbox(mask: np.ndarray) -> list[list[int]]:
+    """Bounding box of a mask's true voxels as [[start, stop], ...] (the whole array when none is true)."""
+    if not mask.any():
+        return [[0, s] for s in mask.shape]
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        box.append([int(hits[0]), int(hits[-1]) + 1])
+    return box
+
+
+def content_box_fraction(data: np.ndarray) -> float:
+    """The share of the image inside the box of its content (1.0 when cropping to it removes nothing)."""
+    box = mask_bbox(content_mask(data))
+    return float(np.prod([(b - a) / s for (a, b), s in zip(box, data.shape[1:])]))
 
 
 def centroids(labels: np.ndarray, values: list[int]) -> dict[int, list[float]]:

@@ -43,6 +43,8 @@ class Fingerprint:
     class_centroid_median: dict[int, list[float]] = field(default_factory=dict)
     regions: list[Region] = field(default_factory=list)  # region-based classes of the data set, if any
     label_values: dict[int, int] = field(default_factory=dict)  # class value -> value on disk (see Plan)
+    # median over cases of the share of the image inside the box of its content (medseg.data.check.content_mask)
+    content_box_fraction_median: float = 1.0
 
     @property
     def median_spacing(self) -> list[float]:
@@ -119,4 +121,5 @@ def fingerprint_from_report(report: CheckReport) -> Fingerprint:
         class_centroid_median=centroid,
         regions=list(report.dataset.regions),
         label_values=dict(report.dataset.label_values),
+        content_box_fraction_median=float(np.median([s.content_box_fraction for s in stats])),
     )

@@ -46,6 +46,9 @@ class ChannelNorm:
     ``ct``: clip to the data set's foreground [0.5, 99.5] percentiles, then z-score with the data set's
     foreground mean and std (nnU-Net's CT scheme). ``zscore``: per-case mean and std (MRI and others).
     ``rgb``: per-case, per-channel z-score of 8-bit colour data. ``none``: left as read.
+    ``nonzero_mask`` (``zscore``): the mean and std come from the content (voxels off the background in any
+    channel, :func:`medseg.data.check.content_mask`), and the rest is set to 0, as nnU-Net's ``use_mask_for_norm``
+    does for skull-stripped MRI.
     """
 
     scheme: str
@@ -53,6 +56,7 @@ class ChannelNorm:
     std: float = 1.0
     clip_low: float | None = None
     clip_high: float | None = None
+    nonzero_mask: bool = False
 
 
 @dataclass

@@ -34,6 +34,9 @@ MIN_DEPTH_VOXELS = {2: 4.0, 3: 2.0}
 # Labels whose centres lie on opposite sides of an axis, each at least this far from the middle (as a fraction
 # of the extent), are told apart by side: mirroring along that axis would teach the network to confuse them.
 SIDED_MARGIN = 0.1
+# nnU-Net's use_mask_for_norm rule: where cropping to the content's box keeps under this share of the median image,
+# the rest is background (around a skull-stripped brain), and a z-score over it would depend on the brain's size.
+MASKED_NORM_BELOW = 0.75
 SGD_LR = 0.01
 ADAMW_LR = 3e-3
 MIN_FEATURE_MAP = 4
@@ -170,6 +173,9 @@ def mirror_axes(fp: Fingerprint, dim: int) -> tuple[int, ...]:
 
 
 def channel_normalization(fp: Fingerprint) -> list[ChannelNorm]:
+    """nnU-Net's schemes: CT from the data set's foreground statistics, 8-bit colour per channel, the rest z-scored
+    per case (inside the content when cropping shows a background around it, see ``MASKED_NORM_BELOW``)."""
+    masked = fp.content_box_fraction_median < MASKED_NORM_BELOW
     norms = []
     rgb = fp.dim == 2 and fp.channels == 3 and all(i.min >= 0 and i.max <= 255 for i in fp.intensities)
     for c, stats in enumerate(fp.intensities):
@@ -180,7 +186,7 @@ def channel_normalization(fp: Fingerprint) -> list[ChannelNorm]:
         elif rgb:
             norms.append(ChannelNorm("rgb"))
         else:
-            norms.append(ChannelNorm("zscore"))
+            norms.append(ChannelNorm("zscore", nonzero_mask=masked))
     return norms
 
 

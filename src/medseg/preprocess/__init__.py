@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.data import Case, Dataset, load_case_image, load_case_label
+from medseg.data.check import content_mask, mask_bbox
 from medseg.errors import MedsegError
 from medseg.io import Image, ReadLimits
 from medseg.io.atomic import atomic_path, write_text_atomic
@@ -44,23 +45,14 @@ class CaseProperties:
         return asdict(self)
 
 
-def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
-    """Bounding box of voxels non-zero in any channel (the whole image when all are zero)."""
-    mask = np.any(data != 0, axis=0)
-    if not mask.any():
-        return [[0, s] for s in mask.shape]
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=other))
-        box.append([int(hits[0]), int(hits[-1]) + 1])
-    return box
-
-
-def normalize(data: np.ndarray, norms: list[ChannelNorm]) -> np.ndarray:
+def normalize(data: np.ndarray, norms: list[ChannelNorm], inside: np.ndarray | None = None) -> np.ndarray:
     """Float32 channels normalised as the plan says, computed in place in the output: one float copy of a
-    512x512x600 CT, not four (a clip, a difference and a quotient of temporaries each)."""
+    512x512x600 CT, not four (a clip, a difference and a quotient of temporaries each). A channel with
+    ``nonzero_mask`` takes its mean and std inside the content (``inside``, by default
+    :func:`~medseg.data.check.content_mask` of ``data``) and is 0 outside it."""
     out = np.empty(data.shape, dtype=np.float32)
+    if inside is None and any(n.nonzero_mask for n in norms):
+        inside = content_mask(data)
     for c, norm in enumerate(norms):
         channel = out[c]
         if norm.scheme == "ct":
@@ -70,9 +62,12 @@ def normalize(data: np.ndarray, norms: list[ChannelNorm]) -> np.ndarray:
             channel[...] = data[c]
             if norm.scheme not in ("zscore", "rgb"):
                 continue
-            mean, std = float(channel.mean(dtype=np.float64)), float(channel.std(dtype=np.float64))
+            values = channel[inside] if norm.nonzero_mask and inside is not None and inside.any() else channel
+            mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
         channel -= np.float32(mean)
         channel /= np.float32(max(std, 1e-8))
+        if norm.nonzero_mask and inside is not None:
+            channel[~inside] = 0.0
     return out
 
 
@@ -137,12 +132,14 @@ def preprocess_image(
     A resampled shape over ``max_voxels`` (default ``ReadLimits().max_voxels``, all channels) is refused.
     """
     data = image.array
-    bbox = nonzero_bbox(data) if plan.crop_to_nonzero else [[0, s] for s in image.shape]
+    inside = content_mask(data) if plan.crop_to_nonzero or any(n.nonzero_mask for n in plan.normalization) else None
+    bbox = mask_bbox(inside) if plan.crop_to_nonzero and inside is not None else [[0, s] for s in image.shape]
     slices = (slice(None),) + tuple(slice(a, b) for a, b in bbox)
     data = data[slices]
     new_shape = resampled_shape(data.shape[1:], image.spacing_zyx, plan.target_spacing)
     check_resampled_shape(new_shape, data.shape[0], image.spacing_zyx, plan.target_spacing, max_voxels, case_id)
-    data = normalize(data, plan.normalization)
+    data = normalize(data, plan.normalization, None if inside is None else inside[slices[1:]])
+    del inside
     data = resample_data(data, new_shape)
     seg = None
     if label is not None:
