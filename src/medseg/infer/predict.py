@@ -33,7 +33,7 @@ from medseg.infer.sliding import Cancelled, predict_logits
 from medseg.io import Image
 from medseg.postprocess import PostprocessConfig, apply_postprocessing, apply_thresholds, load_postprocessing
 from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, measure_components
-from medseg.preprocess import preprocess_image
+from medseg.preprocess import case_body, preprocess_image
 from medseg.runtime import keep_freed_memory, release_freed_memory, resolve_device, runtime_precision
 
 
@@ -135,7 +135,8 @@ class Predictor:
         :class:`medseg.infer.sliding.Cancelled`."""
         start = time.perf_counter()
         self.check_input(image, source)
-        data, _, props = preprocess_image(image, self.plan)
+        body = case_body(image, self.plan)
+        data, _, props = preprocess_image(image, self.plan, body=body)
         probabilities = probabilities_from_logits(self.logits(torch.from_numpy(data), should_stop), self.plan,
                                                   inplace=True)
         if should_stop is not None and should_stop():
@@ -150,6 +151,8 @@ class Predictor:
             def decide(p: torch.Tensor) -> torch.Tensor:
                 return torch.from_numpy(apply_thresholds(p.numpy(), thresholds))
         labels = restore_labels(probabilities, props.crop_bbox, props.original_shape, decide)
+        if body is not None:  # a CT's air is never labelled (medseg.preprocess.body)
+            labels[~body] = 0
         if self.postprocess:  # thresholds were applied slab by slab above; the rest works on the label map
             labels = apply_postprocessing(labels, _without_thresholds(self.postprocess), props.original_spacing)
         result = Prediction(labels=_label_image(image, to_disk_values(labels, self.plan.label_values)))
@@ -157,17 +160,26 @@ class Predictor:
             calibrate_probabilities_(probabilities, self.calibration)  # after the labels: they do not change
         if self.options.probabilities:
             fill = [0.0] * probabilities.shape[0] if self.plan.regions else [1.0] + [0.0] * (probabilities.shape[0] - 1)
-            result.probabilities = _float_image(image, restore_maps(probabilities, props.crop_bbox,
-                                                                     props.original_shape, fill))
+            result.probabilities = _float_image(image, outside_body(restore_maps(
+                probabilities, props.crop_bbox, props.original_shape, fill), body, fill))
         if self.options.uncertainty:
             entropy = normalised_entropy(probabilities, regions=bool(self.plan.regions))
-            result.uncertainty = _float_image(image, restore_maps(entropy, props.crop_bbox, props.original_shape,
-                                                                  [0.0]))
+            result.uncertainty = _float_image(image, outside_body(restore_maps(
+                entropy, props.crop_bbox, props.original_shape, [0.0]), body, [0.0]))
         result.volumes = label_volumes(labels, props.original_spacing, self.plan.labels)
         result.components = measure_components(labels, image.spacing_zyx, self.plan.labels, image.voxel_to_physical,
                                                self.options.max_components)
         result.seconds = time.perf_counter() - start
         return result
+
+
+def outside_body(maps: np.ndarray, body: np.ndarray | None, fill: list[float]) -> np.ndarray:
+    """Float maps ``(K, ...)`` with each channel ``fill[k]`` outside the body (unchanged when ``body`` is None)."""
+    if body is not None:
+        outside = ~body
+        for k, value in enumerate(fill):
+            maps[k][outside] = value
+    return maps
 
 
 def check_finite(image: Image, source: str | Path | None = None) -> None:

@@ -83,6 +83,8 @@ class Plan:
     learning_rate: float = 0.01
     weight_decay: float = 3e-5
     crop_to_nonzero: bool = True
+    # the CT channel whose body (medseg.preprocess.body) bounds the crop and the prediction; None: no body mask
+    body_channel: int | None = None
     foreground_oversample: float = 0.33
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     precision: Precision = "fp32"  # "bf16" autocast where the hardware runs it fast
@@ -135,6 +137,8 @@ class Plan:
         if self.batch_size < 1 or self.channels < 1 or not self.features or min(self.features) < 1:
             problems.append(f"batch_size {self.batch_size}, channels {self.channels}, features {self.features} "
                             "(positive)")
+        if self.body_channel is not None and not 0 <= self.body_channel < self.channels:
+            problems.append(f"body_channel {self.body_channel} (a channel index below {self.channels}, or null)")
         if not self.labels or min(self.labels) < 0 or len(self.normalization) != self.channels:
             problems.append(f"labels {sorted(self.labels)} and {len(self.normalization)} normalisation(s) for "
                             f"{self.channels} channel(s)")
@@ -252,6 +256,7 @@ class Plan:
             "spacing": self.target_spacing,
             "norm": [asdict(n) for n in self.normalization],
             "crop": self.crop_to_nonzero,
+            **({"body": self.body_channel} if self.body_channel is not None else {}),
             "labels": sorted(self.labels),
             **({"label_values": sorted(self.label_values.items())} if self.label_values else {}),
         }

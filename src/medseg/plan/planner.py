@@ -297,6 +297,10 @@ def make_plan(
     if len(mirrored) < dim:
         notes.append(f"not mirrored along axes {sorted(set(range(dim)) - set(mirrored))} (array order): labels there "
                      "are told apart by side")
+    norms = channel_normalization(fp)
+    body_channel = next((c for c, n in enumerate(norms) if n.scheme == "ct"), None)
+    if body_channel is not None:
+        notes.append("CT: cropped to the body (above -500 HU, holes filled); nothing outside it is labelled")
     if fp.regions:
         if loss not in ("dice_ce", "dice_bce"):
             raise MedsegError(f"loss {loss!r} cannot train regions", fix="regions train with dice_bce (the default)")
@@ -315,7 +319,8 @@ def make_plan(
         channel_names=dict(fp.channel_names),
         labels=dict(fp.labels),
         target_spacing=spacing,
-        normalization=channel_normalization(fp),
+        normalization=norms,
+        body_channel=body_channel,
         patch_size=[int(p) for p in patch],
         batch_size=batch,
         model=model,

@@ -26,6 +26,7 @@ from medseg.errors import MedsegError
 from medseg.io import Image, ReadLimits
 from medseg.io.atomic import atomic_path, write_text_atomic
 from medseg.plan import ChannelNorm, Plan
+from medseg.preprocess.body import body_mask
 
 CLASS_LOCATIONS_PER_CLASS = 2000  # foreground voxels remembered per class for oversampling
 
@@ -124,15 +125,27 @@ def resample_labels(labels: np.ndarray, new_shape: list[int] | tuple[int, ...]) 
     return out.numpy().astype(labels.dtype)
 
 
+def case_body(image: Image, plan: Plan) -> np.ndarray | None:
+    """The body mask of a CT plan's image on its own grid (:mod:`medseg.preprocess.body`); None for other plans."""
+    return None if plan.body_channel is None else body_mask(image.array[plan.body_channel])
+
+
 def preprocess_image(
-    image: Image, plan: Plan, label: np.ndarray | None = None, case_id: str = "", *, max_voxels: int | None = None
+    image: Image, plan: Plan, label: np.ndarray | None = None, case_id: str = "", *, max_voxels: int | None = None,
+    body: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
     """Crop, resample and normalise one image (and its label map) as the plan says.
 
-    A resampled shape over ``max_voxels`` (default ``ReadLimits().max_voxels``, all channels) is refused.
+    A resampled shape over ``max_voxels`` (default ``ReadLimits().max_voxels``, all channels) is refused. A CT plan
+    crops to the body (``body``: :func:`case_body`, computed here when not given) instead of the content.
     """
     data = image.array
-    inside = content_mask(data) if plan.crop_to_nonzero or any(n.nonzero_mask for n in plan.normalization) else None
+    if plan.body_channel is not None:
+        inside = case_body(image, plan) if body is None else body
+    elif plan.crop_to_nonzero or any(n.nonzero_mask for n in plan.normalization):
+        inside = content_mask(data)
+    else:
+        inside = None
     bbox = mask_bbox(inside) if plan.crop_to_nonzero and inside is not None else [[0, s] for s in image.shape]
     slices = (slice(None),) + tuple(slice(a, b) for a, b in bbox)
     data = data[slices]
