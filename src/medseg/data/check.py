@@ -139,7 +139,7 @@ def background_values(data: np.ndarray) -> list[float]:
     """Per channel, the value of the background: the corners' value where every corner of the channel has the
     same one (a scan z-scored inside the brain and stored with a constant outside, as BraTS preprocessed sets
     are), otherwise 0 (nnU-Net's non-zero rule)."""
-    corners = [tuple(c) for c in itertools.product((0, -1), repeat=data.ndim - 1)]
+    corners = list(itertools.product((0, -1), repeat=data.ndim - 1))
     values = []
     for channel in data:
         ends = {float(channel[c]) for c in corners}

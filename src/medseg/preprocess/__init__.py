@@ -140,18 +140,15 @@ def preprocess_image(
     crops to the body (``body``: :func:`case_body`, computed here when not given) instead of the content.
     """
     data = image.array
-    if plan.body_channel is not None:
-        inside = case_body(image, plan) if body is None else body
-    elif plan.crop_to_nonzero or any(n.nonzero_mask for n in plan.normalization):
+    inside = body if body is not None else case_body(image, plan)
+    if inside is None:
         inside = content_mask(data)
-    else:
-        inside = None
-    bbox = mask_bbox(inside) if plan.crop_to_nonzero and inside is not None else [[0, s] for s in image.shape]
+    bbox = mask_bbox(inside) if plan.crop_to_nonzero else [[0, s] for s in image.shape]
     slices = (slice(None),) + tuple(slice(a, b) for a, b in bbox)
     data = data[slices]
     new_shape = resampled_shape(data.shape[1:], image.spacing_zyx, plan.target_spacing)
     check_resampled_shape(new_shape, data.shape[0], image.spacing_zyx, plan.target_spacing, max_voxels, case_id)
-    data = normalize(data, plan.normalization, None if inside is None else inside[slices[1:]])
+    data = normalize(data, plan.normalization, inside[slices[1:]])
     del inside
     data = resample_data(data, new_shape)
     seg = None
