@@ -72,6 +72,10 @@ def test_one_case_trains_without_validation_and_two_cases_make_two_folds(tmp_pat
     fold = load_bundle(bundle).metrics["folds"]["none"]
     assert fold["steps"] == 2 and "val_dice" not in fold  # trained on the one case, validated on none
     assert "inference" not in load_bundle(bundle).metrics  # nothing held out to measure TTA on
+    # nor post-processing: it follows the training masks (each generated class is one blob)
+    post = json.loads((bundle / "postprocess.json").read_text())
+    assert post["decisions"] and {d["basis"] for d in post["decisions"]} == {"training masks"}
+    assert all(post["classes"][str(v)]["keep_largest"] for v in load_bundle(bundle).plan.foreground_labels)
     # the default fold 0 of a 1-case set is that same single fold
     assert load_bundle(train(request(tmp_path / "b", one), TrainConfig(epochs=1, steps_per_epoch=2))).folds == ["0"]
 

@@ -1,6 +1,7 @@
 """Post-processing of predicted label maps: connected components, small objects, holes, probability thresholds,
 and the nnU-Net-style choice of which of them to apply, saved as ``postprocess.json`` in the bundle."""
 
+from medseg.postprocess.anatomy import choose_from_anatomy
 from medseg.postprocess.components import DEFAULT_MAX_COMPONENTS, measure_components
 from medseg.postprocess.config import (
     ClassPostprocess,
@@ -24,6 +25,7 @@ __all__ = [
     "PostprocessConfig",
     "apply_postprocessing",
     "apply_thresholds",
+    "choose_from_anatomy",
     "choose_postprocessing",
     "choose_region_postprocessing",
     "fill_holes",

@@ -18,7 +18,8 @@ POSTPROCESS_FORMAT = "medseg-postprocess"
 POSTPROCESS_VERSION = 1
 
 _FIX = "choose post-processing again, or delete the file to predict without post-processing"
-_DECISION_KEYS = ("step", "class", "dice_before", "dice_after", "kept")
+_DECISION_KEYS = ("step", "class", "dice_before", "dice_after", "kept")  # chosen on validation Dice
+_ANATOMY_KEYS = ("step", "class", "kept", "basis", "largest_share_min", "cases")  # medseg.postprocess.anatomy
 
 
 @dataclass
@@ -39,7 +40,9 @@ class PostprocessConfig:
     """Per-class options keyed by label value (as str, like JSON), one global option, and the selection record.
 
     ``decisions`` holds one dict a tried step: ``{"step", "class", "dice_before", "dice_after", "kept"}``,
-    with ``class`` the label value (int) or ``"foreground"`` for the global step. ``dice_empty`` is the Dice
+    with ``class`` the label value (int) or ``"foreground"`` for the global step; a step chosen with no
+    validation fold has ``{"step", "class", "kept", "basis", "largest_share_min", "cases"}`` instead
+    (:mod:`medseg.postprocess.anatomy`). ``dice_empty`` is the Dice
     convention of those scores (:mod:`medseg.evaluate.overlap`); files written before it was recorded used
     ``"one"`` too.
     """
@@ -218,17 +221,19 @@ def _parse_class(raw: Any) -> ClassPostprocess:
 
 
 def _parse_decision(raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict) or set(raw) != set(_DECISION_KEYS):
-        raise ValueError(f"a decision must have exactly the keys {list(_DECISION_KEYS)}, got {raw!r}")
+    if not isinstance(raw, dict) or set(raw) not in (set(_DECISION_KEYS), set(_ANATOMY_KEYS)):
+        raise ValueError(f"a decision must have exactly the keys {list(_DECISION_KEYS)} or {list(_ANATOMY_KEYS)}, "
+                         f"got {raw!r}")
     return _json_decision(raw)
 
 
 def _json_decision(decision: dict[str, Any]) -> dict[str, Any]:
     label = decision["class"]
-    return {
-        "step": str(decision["step"]),
-        "class": label if label == "foreground" else int(label),
-        "dice_before": float(decision["dice_before"]),
-        "dice_after": float(decision["dice_after"]),
-        "kept": bool(decision["kept"]),
-    }
+    out = {"step": str(decision["step"]), "class": label if label == "foreground" else int(label)}
+    if "basis" in decision:  # chosen from the training masks' anatomy, with no validation Dice
+        share = decision["largest_share_min"]
+        return out | {"kept": bool(decision["kept"]), "basis": str(decision["basis"]),
+                      "largest_share_min": None if share is None else float(share),
+                      "cases": int(decision["cases"])}
+    return out | {"dice_before": float(decision["dice_before"]), "dice_after": float(decision["dice_after"]),
+                  "kept": bool(decision["kept"])}

@@ -188,6 +188,15 @@ def largest_drop(mask: np.ndarray) -> np.ndarray | None:
     return (components != 0) & (components != largest)
 
 
+def largest_share(mask: np.ndarray) -> float:
+    """Fraction of the voxels of ``mask`` in its largest component (1.0 for one component; 0.0 when empty)."""
+    components, count = ndimage.label(mask)
+    if count == 0:
+        return 0.0
+    sizes = _component_sizes(components, count)[1:]
+    return float(sizes.max() / sizes.sum())
+
+
 def small_drop(mask: np.ndarray, min_size_mm: float, voxel_size: float) -> np.ndarray | None:
     """Voxels of ``mask`` in components smaller than ``min_size_mm``; None when there are none."""
     if min_size_mm <= 0:

@@ -230,12 +230,14 @@ def postprocess_section(data: RunData) -> list[str]:
         before, after = num(d.get("dice_before")), num(d.get("dice_after"))
         change = after - before
         kept = d.get("kept")
+        basis = (f'{d["basis"]}: largest piece >= {num(d.get("largest_share_min")):.4f} of the label '
+                 f'in {d.get("cases", 0)} case(s)') if "basis" in d else "validation Dice"
         rows.append([d.get("step", ""), d.get("class", ""), before, after,
                      Raw(f'<span class="{"good" if change > 0 else "bad" if change < 0 else ""}">'
                          f'{esc(f"{change:+.4f}" if math.isfinite(change) else "n/a")}</span>'),
-                     Raw(f'<b>{"kept" if kept else "rejected"}</b>')])
+                     Raw(f'<b>{"kept" if kept else "rejected"}</b>'), basis])
     if rows:
-        body.append(table(["step", "class", "Dice before", "Dice after", "change", "decision"], rows))
+        body.append(table(["step", "class", "Dice before", "Dice after", "change", "decision", "basis"], rows))
     else:
         body.append(Raw('<p class="note">No post-processing decisions recorded.</p>'))
     others = {k: v for k, v in chosen.items() if k not in ("decisions", "format")}

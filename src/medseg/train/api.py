@@ -43,7 +43,13 @@ from medseg.postprocess import save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
 from medseg.runtime import device_type_of, resolve_device
 from medseg.train.calibrate import CalibrationSample, fit_calibration
-from medseg.train.finalize import TTA_MIN_GAIN, choose_for_folds, evaluate_fold, measure_tta
+from medseg.train.finalize import (
+    TTA_MIN_GAIN,
+    choose_for_folds,
+    choose_without_validation,
+    evaluate_fold,
+    measure_tta,
+)
 from medseg.train.finetune import LR_SCALE, fine_tune_config, fine_tune_plan, init_from_parent
 from medseg.train.hooks import CurveHook, LogHook, ProgressHook
 from medseg.train.loop import TrainConfig, Trainer, is_main_process
@@ -149,11 +155,13 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     bundle = run / "bundle"
     pooled: list[tuple[str, Any]] = []  # final validation predictions of every fold, for post-processing
     held_out: dict[str, Any] = {}
+    trained_on: set[str] = set()
     tta: dict[str, dict[str, Any]] = {}
     samples: dict[str, CalibrationSample] = {}  # fold -> its final validation's voxels
     fits: dict[str, dict[str, Any]] = {}  # fold -> the temperatures fitted on them
     for fold in folds:
         train_ids, val_ids = splits.cases(fold)
+        trained_on.update(train_ids)
         train_cases = [load_cached(cache, cid) for cid in train_ids]
         val_cases = [load_cached(cache, cid) for cid in val_ids]
         folder = run / f"fold_{fold}"
@@ -181,6 +189,9 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     if is_main_process():
         if pooled:
             save_postprocessing(choose_for_folds(plan, pooled, held_out), bundle / POSTPROCESS_FILE)
+        elif trained_on:  # no fold held out: choose from the training masks' anatomy
+            chosen = choose_without_validation(plan, [load_cached(cache, cid) for cid in sorted(trained_on)])
+            save_postprocessing(chosen, bundle / POSTPROCESS_FILE)
         inference = {}
         if len(fits) == 1:  # the pooled fit is the one fold's fit: not fitted again
             inference["calibration"] = next(iter(fits.values()))

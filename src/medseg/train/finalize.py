@@ -2,7 +2,8 @@
 
 Two choices are measured here rather than assumed: whether mirror TTA pays for its cost (it multiplies
 inference time by 1 + number of mirrored axes), and which post-processing steps help (nnU-Net's rule: keep a
-step only where validation Dice improves). Both run on the network's grid, on the cases the fold never saw.
+step only where validation Dice improves). Both run on the network's grid, on the cases the fold never saw. With
+no fold held out, post-processing follows the training masks' anatomy instead (``choose_without_validation``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from medseg.evaluate import DICE_EMPTY, EvaluationResult, dice_per_class, evalua
 from medseg.infer.outputs import labels_from_logits
 from medseg.infer.sliding import predict_logits
 from medseg.plan import Plan
-from medseg.postprocess import PostprocessConfig, choose_postprocessing, choose_region_postprocessing
+from medseg.postprocess import (
+    PostprocessConfig,
+    choose_from_anatomy,
+    choose_postprocessing,
+    choose_region_postprocessing,
+)
 from medseg.preprocess import CachedCase
 
 TTA_CASES = 10  # enough to see a real difference; the full fold would cost (1 + axes) x its validation time
@@ -61,6 +67,12 @@ def choose_for_folds(plan: Plan, predictions: list[tuple[str, np.ndarray]],
     if plan.regions:
         return choose_region_postprocessing(pairs, plan.class_members)
     return choose_postprocessing(pairs, plan.labels)
+
+
+def choose_without_validation(plan: Plan, cases: list[CachedCase]) -> PostprocessConfig:
+    """Post-processing for a bundle trained with no validation fold (``--fold none``), from the anatomy of its
+    training masks on the network grid (see medseg.postprocess.anatomy)."""
+    return choose_from_anatomy((np.asarray(c.seg) for c in cases), plan.labels, regions=bool(plan.regions))
 
 
 def evaluate_fold(plan: Plan, predictions: list[tuple[str, np.ndarray]], cases: dict[str, CachedCase],
