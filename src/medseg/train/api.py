@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from medseg.plan import (
     fingerprint_from_report,
     make_plan,
 )
-from medseg.postprocess import save_postprocessing
+from medseg.postprocess import PostprocessConfig, save_postprocessing
 from medseg.preprocess import load_cached, prepare_cache
 from medseg.runtime import device_type_of, resolve_device
 from medseg.train.calibrate import CalibrationSample, fit_calibration
@@ -153,15 +153,10 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
     plan, splits, cache, summary = prepared
     folds = splits.fold_names(request.fold)
     bundle = run / "bundle"
-    pooled: list[tuple[str, Any]] = []  # final validation predictions of every fold, for post-processing
-    held_out: dict[str, Any] = {}
-    trained_on: set[str] = set()
-    tta: dict[str, dict[str, Any]] = {}
-    samples: dict[str, CalibrationSample] = {}  # fold -> its final validation's voxels
-    fits: dict[str, dict[str, Any]] = {}  # fold -> the temperatures fitted on them
+    results = _FoldResults()
     for fold in folds:
         train_ids, val_ids = splits.cases(fold)
-        trained_on.update(train_ids)
+        results.trained_on.update(train_ids)
         train_cases = [load_cached(cache, cid) for cid in train_ids]
         val_cases = [load_cached(cache, cid) for cid in val_ids]
         folder = run / f"fold_{fold}"
@@ -176,32 +171,53 @@ def train(request: TrainRequest, config: TrainConfig) -> Path:
                      f"; fresh output rows for class(es) {fresh}" if fresh else "")
         metrics = trainer.run()
         if is_main_process():
-            if trainer.calibration_sample is not None:
-                samples[fold] = trainer.calibration_sample
-                metrics["calibration"] = fits[fold] = _calibrate(samples[fold], plan, [fold])
+            results.add(fold, trainer, metrics, val_cases)
             write_bundle_fold(bundle, plan, fold, folder / "last.safetensors", metrics)
-            if val_cases:
-                tta[fold] = measure_tta(trainer.model, plan, val_cases, trainer.precision)
-                evaluate_fold(plan, trainer.final_predictions, {c.case_id: c for c in val_cases},
-                              folder / "validation")
-                pooled += trainer.final_predictions
-                held_out.update({c.case_id: c for c in val_cases})
     if is_main_process():
-        if pooled:
-            save_postprocessing(choose_for_folds(plan, pooled, held_out), bundle / POSTPROCESS_FILE)
-        elif trained_on:  # no fold held out: choose from the training masks' anatomy
-            chosen = choose_without_validation(plan, [load_cached(cache, cid) for cid in sorted(trained_on)])
-            save_postprocessing(chosen, bundle / POSTPROCESS_FILE)
-        inference = {}
-        if len(fits) == 1:  # the pooled fit is the one fold's fit: not fitted again
-            inference["calibration"] = next(iter(fits.values()))
-        elif samples:
-            inference["calibration"] = _calibrate(CalibrationSample.join(list(samples.values())), plan, list(samples))
-        _finish_bundle(run, bundle, plan, summary, tta, inference)
+        save_postprocessing(results.postprocessing(plan, cache), bundle / POSTPROCESS_FILE)
+        _finish_bundle(run, bundle, plan, summary, results.tta, results.inference(plan))
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return bundle
+
+
+@dataclass
+class _FoldResults:
+    """What the trained folds leave for the bundle: validation predictions, TTA checks, calibration samples."""
+
+    pooled: list[tuple[str, Any]] = field(default_factory=list)  # final validation predictions of every fold
+    held_out: dict[str, Any] = field(default_factory=dict)  # case id -> its cached case
+    trained_on: set[str] = field(default_factory=set)
+    tta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    samples: dict[str, CalibrationSample] = field(default_factory=dict)  # fold -> its final validation's voxels
+    fits: dict[str, dict[str, Any]] = field(default_factory=dict)  # fold -> the temperatures fitted on them
+
+    def add(self, fold: str, trainer: Trainer, metrics: dict[str, Any], val_cases: list) -> None:
+        """Measure fold ``fold`` after training (calibration goes into its ``metrics`` too)."""
+        plan, folder = trainer.plan, trainer.folder
+        if trainer.calibration_sample is not None:
+            self.samples[fold] = trainer.calibration_sample
+            metrics["calibration"] = self.fits[fold] = _calibrate(self.samples[fold], plan, [fold])
+        if val_cases:
+            self.tta[fold] = measure_tta(trainer.model, plan, val_cases, trainer.precision)
+            evaluate_fold(plan, trainer.final_predictions, {c.case_id: c for c in val_cases}, folder / "validation")
+            self.pooled += trainer.final_predictions
+            self.held_out.update({c.case_id: c for c in val_cases})
+
+    def postprocessing(self, plan: Plan, cache: Path) -> PostprocessConfig:
+        """nnU-Net's choice on the pooled validation; with no fold held out, the training masks' anatomy."""
+        if self.pooled:
+            return choose_for_folds(plan, self.pooled, self.held_out)
+        return choose_without_validation(plan, [load_cached(cache, cid) for cid in sorted(self.trained_on)])
+
+    def inference(self, plan: Plan) -> dict[str, Any]:
+        if len(self.fits) == 1:  # the pooled fit is the one fold's fit: not fitted again
+            return {"calibration": next(iter(self.fits.values()))}
+        if self.samples:
+            return {"calibration": _calibrate(CalibrationSample.join(list(self.samples.values())), plan,
+                                              list(self.samples))}
+        return {}
 
 
 def _calibrate(sample: CalibrationSample, plan: Plan, folds: list[str]) -> dict[str, Any]:
