@@ -25,13 +25,14 @@ from pathlib import Path
 
 from _common import data_set, emit
 
-from medseg.bundle import Bundle, load_bundle
+from medseg.bundle import POSTPROCESS_FILE, Bundle, load_bundle
 from medseg.cli import parse_duration
 from medseg.data import check_dataset, discover_dataset
 from medseg.evaluate import evaluate_folders
 from medseg.infer.cohort import PredictInput, predict_paths
 from medseg.infer.predict import PredictOptions
 from medseg.plan import Machine, Plan, fingerprint_from_report, make_plan
+from medseg.postprocess import load_postprocessing
 from medseg.train import TrainConfig, TrainRequest, train
 
 
@@ -55,15 +56,16 @@ def link_view(root: Path, cases: list, out: Path, layout: str, with_labels: bool
 
 
 def score_on_test_list(bundle: Bundle, root: Path, test_cases: list, work: Path, regions: Path | None = None,
-                       ) -> tuple[dict, dict]:
-    """The real pipeline on the test cases: `predict` (original geometry, the bundle's default TTA) and
-    `evaluate` (inside DRIVE's FOV masks where the set has them); the evaluation summary and predictions.json."""
+                       postprocess: bool = True) -> tuple[dict, dict]:
+    """The real pipeline on the test cases: `predict` (original geometry, the bundle's default TTA and, unless
+    ``postprocess`` is off, its post-processing) and `evaluate` (inside DRIVE's FOV masks where the set has them);
+    the evaluation summary and predictions.json."""
     references = work / "references"
     references.mkdir(parents=True)
     for case in test_cases:
         (references / case.label_file.name).symlink_to(case.label_file.resolve())
     inputs = [PredictInput(c.case_id, list(c.image_files)) for c in test_cases]
-    manifest = predict_paths(bundle, inputs, work / "predictions", PredictOptions())
+    manifest = predict_paths(bundle, inputs, work / "predictions", PredictOptions(postprocess=postprocess))
     region = root / "fov" if (root / "fov").is_dir() else None
     result = evaluate_folders(work / "predictions", references, labels=dict(bundle.plan.labels), region_dir=region,
                               regions_file=regions)
@@ -123,6 +125,14 @@ if __name__ == "__main__":
     bundle = load_bundle(bundle_dir)
     summary, manifest = score_on_test_list(bundle, root, test_cases, work / "scored", args.regions)
     dice = {name: round(stats["dice"]["mean"], 4) for name, stats in summary["per_class"].items()}
+    post_file = bundle.folder / POSTPROCESS_FILE
+    chosen = load_postprocessing(post_file) if post_file.is_file() else None
+    raw = {}
+    if chosen is not None and not chosen.is_noop():  # the same bundle without it: what post-processing adds
+        raw_summary, _ = score_on_test_list(bundle, root, test_cases, work / "scored_raw", args.regions, False)
+        raw = {"dice_without_postprocess": {name: round(stats["dice"]["mean"], 4)
+                                            for name, stats in raw_summary["per_class"].items()},
+               "mean_dice_without_postprocess": round(raw_summary["mean_dice"], 4)}
     hd95 = {name: stats["hd95_mm"]["mean"] for name, stats in summary["per_class"].items()}
     emit(f"train_{args.dataset}", {
         "budget": f"{args.epochs} epochs" if args.epochs else args.budget, "plan_changes": args.set, "seed": args.seed,
@@ -135,6 +145,11 @@ if __name__ == "__main__":
         "scored_inside": "FOV" if (root / "fov").is_dir() else "whole image",
         "predict_seconds_per_case": round(sum(c["seconds"] for c in manifest["cases"]) / len(test_cases), 3),
         "tta": manifest["tta"],
+        "postprocess": None if chosen is None else {
+            "keep_largest_foreground": chosen.keep_largest_foreground,
+            "keep_largest": [bundle.plan.labels[v] for v in chosen.labels_with("keep_largest")],
+            "basis": sorted({d.get("basis", "validation Dice") for d in chosen.decisions})},
+        **raw,
         "plan": {"dim": bundle.plan.dim, "patch": bundle.plan.patch_size, "batch": bundle.plan.batch_size,
                  "features": bundle.plan.features, "precision": bundle.plan.precision,
                  "memory_format": bundle.plan.memory_format, "spacing": bundle.plan.target_spacing,
