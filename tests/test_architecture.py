@@ -12,7 +12,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "medseg"
 # Lowest first; a unit may import only units of its own layer or a lower one. Keep in sync with the README's
 # "Architecture" section.
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "runtime", "colours"},
+    {"__init__", "errors", "runtime", "colours", "morphology"},
     {"io"},
     {"data"},
     {"plan"},

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from medseg import morphology
 from medseg.bundle import POSTPROCESS_FILE
 from medseg.errors import MedsegError
 from medseg.postprocess import (
@@ -17,7 +18,6 @@ from medseg.postprocess import (
     fill_holes,
     keep_largest_component,
     load_postprocessing,
-    ops,
     remove_small_objects,
     save_postprocessing,
     with_overrides,
@@ -60,7 +60,7 @@ def test_keep_largest_in_2d_and_small_slabs(monkeypatch):
     labels[15:17, 5:8] = 3
     expected = labels.copy()
     expected[15:17, 5:8] = 0
-    monkeypatch.setattr(ops, "_CHUNK_VOXELS", 7)  # size counts and look-ups run over many slabs
+    monkeypatch.setattr(morphology, "CHUNK_VOXELS", 7)  # size counts and look-ups run over many slabs
     assert np.array_equal(keep_largest_component(labels), expected)
     assert np.array_equal(remove_small_objects(labels, 7, (1.0, 1.0)), expected)
 

@@ -32,16 +32,14 @@ Plain numpy and scipy: ``medseg evaluate`` imports neither torch nor MONAI.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import ndimage
 
 from medseg.evaluate.overlap import DICE_EMPTY, DiceEmpty, empty_score
+from medseg.morphology import component_sizes
 
 LESION_METRICS = ("lesions_ref", "lesions_pred", "lesions_matched", "lesions_missed", "lesions_spurious",
                   "lesion_dice", "lesion_f1")
-_CHUNK_VOXELS = 1 << 20  # voxels per slab when counting component sizes (no full-size int64 temporary)
 
 
 def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -50,15 +48,6 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
     components, count = ndimage.label(mask, structure=structure)
     return components, int(count)
-
-
-def component_sizes(components: np.ndarray, count: int) -> np.ndarray:
-    """Voxel count of each component 0..count (index 0: background), counted slab by slab."""
-    sizes = np.zeros(count + 1, dtype=np.int64)
-    rows = max(1, _CHUNK_VOXELS // max(1, math.prod(components.shape[1:])))
-    for start in range(0, components.shape[0], rows):
-        sizes += np.bincount(components[start:start + rows].ravel(), minlength=count + 1)
-    return sizes
 
 
 def lesion_scores(pred: np.ndarray, ref: np.ndarray, *, empty: DiceEmpty = DICE_EMPTY, dilation: int = 0,

@@ -20,8 +20,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from medseg.evaluate import DICE_EMPTY
+from medseg.morphology import largest_share
 from medseg.postprocess.config import ClassPostprocess, PostprocessConfig
-from medseg.postprocess.ops import as_labels, class_boxes, largest_share, union_box
+from medseg.postprocess.ops import as_labels, class_boxes, union_box
 
 SINGLE_PIECE_SHARE = 0.99
 BASIS = "training masks"

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medseg.evaluate.lesions import component_sizes, connected_components
+from medseg.evaluate.lesions import connected_components
+from medseg.morphology import component_sizes
 
 DEFAULT_MAX_COMPONENTS = 100  # components listed per label in predictions.json
 

@@ -4,9 +4,7 @@ Labels are non-negative integers, 0 is background. Components are face-connected
 4 in 2D), as in nnU-Net. Every public function returns a new array and leaves its input alone.
 
 Memory stays bounded on big volumes: each class is processed inside its bounding box
-(``scipy.ndimage.find_objects``, one pass, no copy), and component sizes are counted slab by slab (``bincount``
-on the whole component map would first copy it to int64). Written by hand for speed: hole finding by labelling
-(:func:`holes_to_fill`) instead of ``binary_fill_holes``.
+(``scipy.ndimage.find_objects``, one pass, no copy); component sizes and holes come from :mod:`medseg.morphology`.
 """
 
 from __future__ import annotations
@@ -18,10 +16,10 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from medseg.morphology import component_sizes, largest_drop, reaching_edges, slabs
 from medseg.postprocess.config import PostprocessConfig
 
 Box = tuple[slice, ...]
-_CHUNK_VOXELS = 1 << 20  # voxels per slab when counting component sizes (8 MiB of int64 temporaries)
 
 
 # ---------------------------------------------------------------------------------------------------- public API
@@ -89,7 +87,7 @@ def apply_thresholds(probabilities: np.ndarray, thresholds: dict[int, float]) ->
         if label != 0 and value is not None:
             checked[label] = float(value)
     out = np.empty(probabilities.shape[1:], dtype=np.min_scalar_type(max(num_classes - 1, 0)))
-    for rows in _slabs(out.shape):
+    for rows in slabs(out.shape):
         chunk = probabilities[:, rows]
         arg = chunk.argmax(axis=0)
         for label, threshold in checked.items():
@@ -178,25 +176,6 @@ def union_box(boxes: Iterable[Box]) -> Box | None:
                  for axis in range(len(boxes[0])))
 
 
-def largest_drop(mask: np.ndarray) -> np.ndarray | None:
-    """Voxels of ``mask`` outside its largest component (first one on ties); None when there is nothing to drop."""
-    components, count = ndimage.label(mask)
-    if count <= 1:
-        return None
-    sizes = _component_sizes(components, count)
-    largest = int(np.argmax(sizes[1:])) + 1
-    return (components != 0) & (components != largest)
-
-
-def largest_share(mask: np.ndarray) -> float:
-    """Fraction of the voxels of ``mask`` in its largest component (1.0 for one component; 0.0 when empty)."""
-    components, count = ndimage.label(mask)
-    if count == 0:
-        return 0.0
-    sizes = _component_sizes(components, count)[1:]
-    return float(sizes.max() / sizes.sum())
-
-
 def small_drop(mask: np.ndarray, min_size_mm: float, voxel_size: float) -> np.ndarray | None:
     """Voxels of ``mask`` in components smaller than ``min_size_mm``; None when there are none."""
     if min_size_mm <= 0:
@@ -204,7 +183,7 @@ def small_drop(mask: np.ndarray, min_size_mm: float, voxel_size: float) -> np.nd
     components, count = ndimage.label(mask)
     if count == 0:
         return None
-    small = _component_sizes(components, count) * voxel_size < min_size_mm
+    small = component_sizes(components, count) * voxel_size < min_size_mm
     small[0] = False
     if not small.any():
         return None
@@ -221,14 +200,10 @@ def holes_to_fill(crop: np.ndarray, value: int) -> np.ndarray | None:
     components, count = ndimage.label(crop != value)
     if count == 0:
         return None
-    fillable = np.ones(count + 1, dtype=bool)
-    fillable[0] = False
-    for axis in range(components.ndim):
-        for index in (0, -1):
-            fillable[components.take(index, axis=axis)] = False  # reaches the border: not a hole
+    fillable = ~reaching_edges(components, count)
     if not fillable.any():
         return None
-    for rows in _slabs(crop.shape):  # holes holding another class are left alone
+    for rows in slabs(crop.shape):  # holes holding another class are left alone
         fillable[components[rows][crop[rows] != 0]] = False
     if not fillable.any():
         return None
@@ -297,17 +272,3 @@ def _voxel_size(spacing: Sequence[float], ndim: int) -> float:
     if len(spacing) != ndim or not all(s > 0 and math.isfinite(s) for s in spacing):
         raise ValueError(f"spacing must be {ndim} positive numbers in array axis order, got {spacing}")
     return math.prod(spacing)
-
-
-def _slabs(shape: tuple[int, ...]) -> Iterable[slice]:
-    rows = max(1, _CHUNK_VOXELS // max(1, math.prod(shape[1:])))
-    for start in range(0, shape[0], rows):
-        yield slice(start, start + rows)
-
-
-def _component_sizes(components: np.ndarray, count: int) -> np.ndarray:
-    """Voxel count of each component label 0..count (bincount slab by slab: no full-size int64 copy)."""
-    sizes = np.zeros(count + 1, dtype=np.int64)
-    for rows in _slabs(components.shape):
-        sizes += np.bincount(components[rows].ravel(), minlength=count + 1)
-    return sizes

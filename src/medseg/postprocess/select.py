@@ -23,6 +23,7 @@ import numpy as np
 
 from medseg.evaluate import DICE_EMPTY, dice_from_counts
 from medseg.evaluate.overlap import dice_per_class
+from medseg.morphology import largest_drop
 from medseg.postprocess.config import ClassPostprocess, PostprocessConfig
 from medseg.postprocess.ops import (
     Box,
@@ -32,7 +33,6 @@ from medseg.postprocess.ops import (
     holes_to_fill,
     keep_largest_foreground_inplace,
     keep_largest_inplace,
-    largest_drop,
     union_box,
 )
 
