@@ -113,3 +113,36 @@ def test_a_compiled_network_trains_the_same_weights_as_eager(tmp_path):
     assert trained[True][1].keys() == trained[False][1].keys()
     for name, value in trained[False][1].items():
         torch.testing.assert_close(trained[True][1][name], value, atol=1e-3, rtol=1e-3, msg=name)
+
+
+def test_an_fp16_step_scales_the_loss_skips_an_overflow_and_trains():
+    """The GPU-without-bf16 path (autocast fp16 + GradScaler), run on the CPU, where torch supports both."""
+    from medseg.train.measure import grad_scaler, optimisation_step
+
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    loss = torch.nn.CrossEntropyLoss()
+    images = torch.randn(2, 1, 8, 8)
+    labels = (images[:, 0] > 0).long()
+    scaler = grad_scaler(device, "fp16")
+    assert scaler is not None and grad_scaler(device, "bf16") is None and grad_scaler(device, "fp32") is None
+    before = [p.detach().clone() for p in network.parameters()]
+    first = optimisation_step(network, loss, optimizer, images, labels, device, "fp16", clip=1.0, scaler=scaler)
+    assert torch.isfinite(first)
+    for _ in range(20):  # the first scale (2^16) may overflow fp16 activations' gradients: skipped, scale halved
+        if any(not torch.equal(a, b) for a, b in zip(before, network.parameters())):
+            break
+        optimisation_step(network, loss, optimizer, images, labels, device, "fp16", clip=1.0, scaler=scaler)
+    assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters()))  # a step was applied
+    # an overflowing loss: the scaler skips the update and halves its scale, the weights stay as they are
+    scale, kept = scaler.get_scale(), [p.detach().clone() for p in network.parameters()]
+    def overflow(output, target):
+        return loss(output, target) * float("inf")
+    optimisation_step(network, overflow, optimizer, images, labels, device, "fp16", clip=None, scaler=scaler)
+    assert scaler.get_scale() == scale / 2
+    assert all(torch.equal(a, b) for a, b in zip(kept, network.parameters()))
+    for _ in range(30):
+        last = optimisation_step(network, loss, optimizer, images, labels, device, "fp16", clip=1.0, scaler=scaler)
+    assert float(last) < float(first)

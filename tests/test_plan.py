@@ -192,7 +192,7 @@ def test_labels_told_apart_by_side_are_not_mirrored_across_it(tmp_path):
 def test_plan_choices_are_checked_when_made_and_loaded(tmp_path):
     plan = make_plan(_xray_fingerprint({}), machine=CPU)
     cases = [("model", "unet3d", get_args(ModelName)), ("loss", "bce", get_args(LossName)),
-             ("optimizer", "lbfgs", get_args(OptimizerName)), ("precision", "fp16", get_args(Precision))]
+             ("optimizer", "lbfgs", get_args(OptimizerName)), ("precision", "fp8", get_args(Precision))]
     for name, bad, allowed in cases:
         with pytest.raises(MedsegError) as made:
             dataclasses.replace(plan, **{name: bad})
@@ -239,6 +239,24 @@ def test_runtime_precision_keeps_bf16_only_on_native_hardware(monkeypatch, nativ
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     assert runtime_precision("bf16") == ("bf16" if native else "fp32")
     assert runtime_precision("fp32") == "fp32"
+
+
+@pytest.mark.parametrize(("planned", "device", "native", "runs"), [
+    ("bf16", "cuda", True, "bf16"), ("bf16", "cuda", False, "fp16"),  # pre-Ampere GPU: fp16 tensor cores
+    ("fp16", "cuda", True, "fp16"), ("fp16", "cuda", False, "fp16"),
+    ("fp16", "cpu", True, "bf16"), ("fp16", "cpu", False, "fp32"),  # a CPU never runs fp16
+    ("fp32", "cuda", True, "fp32"),
+])
+def test_runtime_precision_on_each_device(monkeypatch, planned, device, native, runs):
+    monkeypatch.setattr(runtime, "native_bf16", lambda kind: native)
+    assert runtime_precision(planned, device) == runs
+
+
+def test_a_gpu_without_bf16_is_planned_in_fp16(tmp_path):
+    fp = fingerprint(make_3d_dataset(tmp_path / "ds"))
+    old_gpu = Machine("cuda", cores=8, memory_bytes=16 << 30, bf16=False)
+    assert make_plan(fp, machine=old_gpu).precision == "fp16"
+    assert make_plan(fp, machine=Machine("cpu", cores=2, memory_bytes=8 << 30, bf16=False)).precision == "fp32"
 
 
 def test_planning_imports_no_torch():

@@ -123,22 +123,29 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def runtime_precision(planned: str, device_type: str = "cpu") -> str:
-    """The precision to compute in on this machine: the plan's bf16 only where the device computes bf16 in hardware.
+    """The precision to compute in on this machine: reduced precision only where the device computes it fast.
 
     A plan records the machine that made it, and a bundle travels: planned on a GPU or an AVX512-BF16 CPU, it may
     train or predict on a CPU without native bf16, where torch emulates it. There a hippocampus training step ran
     2.6x slower in bf16 than in fp32 (`benchmarks/train_throughput.py`) and prediction 3x slower
-    (`benchmarks/predict_precision.py`), so such a device computes in fp32.
+    (`benchmarks/predict_precision.py`), so such a device computes in fp32. A reduced-precision plan (``bf16`` or
+    ``fp16``) on a GPU without bf16 (before Ampere) runs in fp16, which its tensor cores do compute, with a
+    gradient scaler in training (:func:`medseg.train.measure.grad_scaler`); on a GPU with bf16, a bf16 plan stays
+    bf16 (no scaler needed) and an fp16 plan stays fp16. CPUs never run fp16: only bf16 is fast on them.
     """
-    return "bf16" if planned == "bf16" and native_bf16(device_type) else "fp32"
+    if planned not in ("bf16", "fp16"):
+        return "fp32"
+    if device_type == "cuda":
+        return "bf16" if planned == "bf16" and native_bf16("cuda") else "fp16"
+    return "bf16" if native_bf16(device_type) else "fp32"
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on ``device`` for ``precision == "bf16"``, else a no-op context (fp32)."""
-    if precision == "bf16":
+    """bf16 or fp16 autocast on ``device`` for that ``precision``, else a no-op context (fp32)."""
+    if precision in ("bf16", "fp16"):
         import torch
 
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
 
 

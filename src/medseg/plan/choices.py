@@ -14,7 +14,9 @@ from medseg.errors import MedsegError
 ModelName = Literal["unet", "resunet", "fcn", "resnet_unet"]
 LossName = Literal["dice_ce", "ce", "dice", "focal", "tversky", "dice_bce"]  # dice_bce: region plans only
 OptimizerName = Literal["sgd", "adamw"]
-Precision = Literal["fp32", "bf16"]  # "bf16": autocast where the hardware computes bf16 natively
+# "bf16": autocast where the hardware computes bf16 natively; "fp16": autocast with a gradient scaler, for GPUs
+# without bf16 (medseg.runtime.runtime_precision decides what a machine really runs)
+Precision = Literal["fp32", "bf16", "fp16"]
 MemoryFormat = Literal["contiguous", "channels_last"]  # channels_last: NHWC / NDHWC tensors and weights
 
 MODEL_CHOICES: tuple[str, ...] = get_args(ModelName)

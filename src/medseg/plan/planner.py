@@ -235,6 +235,13 @@ def estimate_training_bytes(patch: list[int], strides: list[list[int]], features
     return int(total * 4 * batch)
 
 
+def planned_precision(machine: Machine) -> str:
+    """bf16 where the machine computes it natively, fp16 on a GPU without bf16 (tensor cores), else fp32."""
+    if machine.bf16:
+        return "bf16"
+    return "fp16" if machine.kind == "cuda" else "fp32"
+
+
 def optimizer_for(machine: Machine, name: OptimizerName | None = None) -> tuple[OptimizerName, float]:
     """Optimiser and base learning rate (the name is checked with the rest of the plan, in ``Plan``).
 
@@ -331,7 +338,7 @@ def make_plan(
         optimizer=optimizer_name,
         learning_rate=learning_rate,
         augment=AugmentConfig(mirror_axes=mirrored),
-        precision="bf16" if machine.bf16 else "fp32",
+        precision=planned_precision(machine),
         median_shape=[round(float(s), 2) for s in median_shape],
         device_kind=machine.kind,
         notes=notes,

@@ -33,7 +33,7 @@ from medseg.runtime import keep_freed_memory, resolve_device, runtime_precision,
 from medseg.train.calibrate import CalibrationSample, sample_case
 from medseg.train.checkpoint import load_state, load_weights, save_state, save_weights
 from medseg.train.hooks import Hook
-from medseg.train.measure import build_optimizer, memory_format_of, optimisation_step
+from medseg.train.measure import build_optimizer, grad_scaler, memory_format_of, optimisation_step
 from medseg.train.sampler import PatchSampler
 
 POLY_EXPONENT = 0.9
@@ -95,6 +95,9 @@ class Trainer:
         # under torchrun each process takes the GPU of its LOCAL_RANK (PyTorch's launch contract)
         self.device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.precision = runtime_precision(plan.precision, self.device.type)
+        # fp16 (a GPU without bf16): its scale restarts at PyTorch's default after a resume and settles within a
+        # few steps (an overflowing step is skipped, not applied)
+        self.scaler = grad_scaler(self.device, self.precision)
         # the layout planning measured faster (medseg.train.measure; contiguous for a plan from the tables)
         self.layout = memory_format_of(plan)
         self.model = build_network(plan).to(self.device).to(memory_format=self.layout)
@@ -166,7 +169,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self._step_progress if dist.is_initialized() else self.progress())
         loss = optimisation_step(self.network, self.loss, self.optimizer, images, labels, self.device, self.precision,
-                                 clip=GRAD_CLIP)
+                                 clip=GRAD_CLIP, scaler=self.scaler)
         self.state.step += 1
         return float(loss)
 

@@ -71,17 +71,34 @@ def memory_format_of(plan: Plan) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 training (fp16 gradients underflow without one); None for bf16 and fp32."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
 def optimisation_step(network: nn.Module, loss: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-                      labels: torch.Tensor, device: torch.device, precision: str, clip: float | None) -> torch.Tensor:
-    """One forward, loss, backward and optimiser step: the step the trainer runs and the planner times."""
+                      labels: torch.Tensor, device: torch.device, precision: str, clip: float | None,
+                      scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
+    """One forward, loss, backward and optimiser step: the step the trainer runs and the planner times.
+
+    With ``scaler`` (fp16), the loss is scaled before backward and gradients unscaled before clipping; a step
+    whose gradients overflowed is skipped and the scale lowered (PyTorch's AMP recipe)."""
     optimizer.zero_grad(set_to_none=True)
     with autocast_context(device, precision):
         output = network(images)
     value = loss(output, labels)
-    value.backward()
+    if scaler is None:
+        value.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
+        optimizer.step()
+        return value.detach()
+    scaler.scale(value).backward()
     if clip is not None:
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(network.parameters(), clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return value.detach()
 
 
@@ -112,11 +129,12 @@ def time_training_step(plan: Plan, device: torch.device, precision: str, memory_
     optimizer = build_optimizer(plan, network)
     images, labels = random_batch(plan, device)
     images = images.contiguous(memory_format=layout)
+    scaler = grad_scaler(device, precision)
     times: list[float] = []
     start = time.perf_counter()
     for step in range(WARMUP_STEPS + MAX_TIMED_STEPS):
         begin = time.perf_counter()
-        optimisation_step(network, loss, optimizer, images, labels, device, precision, clip=None)
+        optimisation_step(network, loss, optimizer, images, labels, device, precision, clip=None, scaler=scaler)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if step >= WARMUP_STEPS:
@@ -166,7 +184,8 @@ def measured_plan(plan: Plan, budget_s: float, device: torch.device | None = Non
     ``device`` (this machine's GPU or CPU); what was timed and why it chose so is in ``plan.measurements``."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    precisions = ["fp32", "bf16"] if native_bf16(device.type) else ["fp32"]
+    precisions = ["fp32", "bf16"] if native_bf16(device.type) else ["fp32", "fp16"] if device.type == "cuda" \
+        else ["fp32"]
     timings = [timer(plan, device, precision, "contiguous") for precision in precisions]
     fastest = min(timings, key=lambda t: t.seconds_per_step)
     timings.append(timer(plan, device, fastest.precision, "channels_last"))
