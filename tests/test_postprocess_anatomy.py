@@ -26,7 +26,7 @@ def test_a_label_in_one_piece_in_every_case_gets_keep_largest_and_a_label_in_pie
     assert config.for_class(1).keep_largest  # the speck holds 0.1 % of the organ: still one piece
     assert not config.for_class(2).keep_largest  # two tumours of equal size
     assert not config.for_class(3).keep_largest  # never seen: no evidence
-    assert not config.keep_largest_foreground  # organ and tumours lie apart
+    assert not config.keep_largest_foreground  # never tried for labels: organs touching in training need not
     by_class = {d["class"]: d for d in config.decisions}
     assert by_class[1] == {"step": "keep_largest", "class": 1, "kept": True, "basis": "training masks",
                            "largest_share_min": round(1000 / 1001, 6), "cases": 2}
@@ -65,6 +65,9 @@ def test_real_ircadb_masks_choose_keep_largest_for_organs_not_tumours():
     labels = {1: "liver", 2: "liver tumour", 3: "spleen", 4: "right kidney", 5: "left kidney", 6: "other tumour"}
     config = choose_from_anatomy(masks, labels)
     assert config.labels_with("keep_largest") == [1, 3, 4, 5, 6]
+    # case 1's liver, spleen and right kidney touch: all foreground is one piece there, yet keeping its largest
+    # piece in a prediction deleted both kidneys; the foreground step is not taken from the anatomy of labels
     assert not config.keep_largest_foreground
+    assert not choose_from_anatomy(masks[:1], labels).keep_largest_foreground
     tumour = next(d for d in config.decisions if d["class"] == 2)
     assert tumour["cases"] == 1 and tumour["largest_share_min"] < 0.8

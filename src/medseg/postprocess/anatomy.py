@@ -32,26 +32,32 @@ def choose_from_anatomy(references: Iterable[np.ndarray], labels: dict[int, str]
                         min_share: float = SINGLE_PIECE_SHARE) -> PostprocessConfig:
     """Post-processing for a model with no validation fold, from its training label maps ``references``.
 
-    Keeps the largest component of all foreground together when the foreground is one piece in every case, and
-    (label plans only; regions overlap) the largest component of each label that is one piece in every case where
-    it appears. Each choice is recorded in ``decisions`` with the smallest largest-component share seen.
+    Label plans: keeps the largest component of each label that is one piece in every case where it appears.
+    Region plans (regions overlap, so per-label steps do not apply): keeps the largest component of all
+    foreground together (the whole tumour) when it is one piece in every case. Each choice is recorded in
+    ``decisions`` with the smallest largest-component share seen.
+
+    The foreground step is not tried for label plans: organs that touch in the training masks (liver, right
+    kidney and spleen are one piece of foreground in 3D-IRCADb case 1) need not touch in a prediction, and
+    keeping the largest piece of foreground then deletes whole organs (both kidneys scored 0 when it was tried).
     """
     classes = sorted({int(k) for k in labels} - {0})
-    shares: dict[int | str, list[float]] = {"foreground": [], **{c: [] for c in classes}}
+    keys: list[int | str] = ["foreground"] if regions else list(classes)
+    shares: dict[int | str, list[float]] = {key: [] for key in keys}
     for reference in references:
         ref = as_labels(reference)
         boxes = class_boxes(ref)
-        box = union_box(boxes.values())
-        if box is not None:
-            shares["foreground"].append(largest_share(ref[box] > 0))
-        for c in classes if not regions else []:
+        if regions:
+            box = union_box(boxes.values())
+            if box is not None:
+                shares["foreground"].append(largest_share(ref[box] > 0))
+            continue
+        for c in classes:
             if c in boxes:
                 shares[c].append(largest_share(ref[boxes[c]] == c))
     config = PostprocessConfig(classes={str(c): ClassPostprocess() for c in classes if not regions},
                                dice_empty=DICE_EMPTY)
     for key, seen in shares.items():
-        if key != "foreground" and regions:
-            continue
         kept = bool(seen) and min(seen) >= min_share
         if key == "foreground":
             config.keep_largest_foreground = kept
