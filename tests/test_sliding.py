@@ -91,17 +91,3 @@ def test_predict_logits_mirror_tta_of_a_mirror_symmetric_predictor_changes_nothi
     mirrored = predict_logits(Pointwise(), x, (16, 16), mirror_axes=(0, 1))
     torch.testing.assert_close(plain, pointwise(x[None])[0])
     torch.testing.assert_close(mirrored, plain)
-
-
-def test_one_window_tta_in_one_batch_equals_the_mirrored_passes_one_by_one():
-    """An image one patch covers runs with its mirrored copies as one batch: same logits as four passes."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.InstanceNorm3d(4), torch.nn.ReLU(),
-                              torch.nn.Conv3d(4, 3, 3, padding=1))
-    x = torch.randn(2, 10, 13, 9)  # shorter than the patch along every axis: padded, then cropped back
-    patch = (12, 16, 12)
-    batched = predict_logits(net, x, patch, mirror_axes=(0, 1, 2))
-    passes = [predict_logits(net, x, patch)]
-    passes += [torch.flip(predict_logits(net, torch.flip(x, (axis,)), patch), (axis,)) for axis in (1, 2, 3)]
-    torch.testing.assert_close(batched, torch.stack(passes).mean(0), rtol=1e-4, atol=1e-5)
-    assert batched.shape == (3, 10, 13, 9)

@@ -48,16 +48,6 @@ def gaussian_weights(patch: Sequence[int], device: torch.device | None = None) -
     return weights / weights.max()
 
 
-def pad_to_patch(batch: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """``batch`` ``(n, C, *S)`` zero-padded (centred) along the axes shorter than ``patch``, and the crop back."""
-    spatial = list(batch.shape[2:])
-    pads = [max(int(p) - s, 0) for p, s in zip(patch, spatial)]
-    if any(pads):
-        # F.pad lists the last axis first
-        batch = F.pad(batch, [v for pad in reversed(pads) for v in (pad // 2, pad - pad // 2)])
-    return batch, tuple(slice(pad // 2, pad // 2 + s) for pad, s in zip(pads, spatial))
-
-
 def sliding_window(
     batch: torch.Tensor,
     patch_size: Sequence[int],
@@ -75,8 +65,13 @@ def sliding_window(
     if batch.shape[0] != 1:
         raise ValueError(f"sliding_window takes one case (1, C, *spatial), got shape {tuple(batch.shape)}")
     patch = [int(p) for p in patch_size]
-    batch, crop = pad_to_patch(batch, patch)
+    spatial = list(batch.shape[2:])
+    pads = [max(p - s, 0) for p, s in zip(patch, spatial)]
+    if any(pads):
+        # F.pad lists the last axis first
+        batch = F.pad(batch, [v for pad in reversed(pads) for v in (pad // 2, pad - pad // 2)])
     padded = batch.shape[2:]
+    crop = tuple(slice(pad // 2, pad // 2 + s) for pad, s in zip(pads, spatial))
     starts = list(itertools.product(*(window_starts(n, p, overlap) for n, p in zip(padded, patch))))
     if should_stop is not None and should_stop():
         raise Cancelled("stopped before the first window")
@@ -120,32 +115,10 @@ def predict_logits(
             return sliding_window(x, patch_size, model, overlap=overlap, batch_size=sw_batch_size,
                                   should_stop=should_stop)
 
-    flips = [(axis + 2,) for axis in mirror_axes]
-    if flips and all(s <= p for s, p in zip(batch.shape[2:], patch_size)):
-        return _one_window_tta(model, batch, patch_size, flips, device, precision, should_stop)
     logits = run(batch)
+    flips = [(axis + 2,) for axis in mirror_axes]
     for dims in flips:
         logits += torch.flip(run(torch.flip(batch, dims)), dims)
     if flips:
         logits.div_(1 + len(flips))
-    return logits[0].cpu()
-
-
-def _one_window_tta(model: nn.Module, batch: torch.Tensor, patch_size: Sequence[int], flips: list[tuple[int, ...]],
-                    device: torch.device, precision: str, should_stop: Callable[[], bool] | None) -> torch.Tensor:
-    """Mirror TTA of an image one window covers: the case and its mirrored copies in one forward pass.
-
-    The copies are independent samples (instance norm), so the result is the sequential one; but a batch of
-    1 + flips small patches keeps both cores busy where four batch-1 passes of a 8-64-channel network are
-    memory-bound (``benchmarks/predict_hippocampus.py`` times both)."""
-    if should_stop is not None and should_stop():
-        raise Cancelled("stopped before the first window")
-    stacked = torch.cat([batch, *(torch.flip(batch, dims) for dims in flips)])
-    padded, crop = pad_to_patch(stacked, patch_size)
-    with autocast_context(device, precision):
-        out = model(padded).float()[(..., *crop)]
-    logits = out[:1].clone()
-    for index, dims in enumerate(flips, start=1):
-        logits += torch.flip(out[index:index + 1], dims)
-    logits.div_(1 + len(flips))
     return logits[0].cpu()
